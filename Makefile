@@ -1,0 +1,45 @@
+# Every target installs what it needs first, and does nothing when it is already there.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+E2EFS := $(VENV)/bin/e2efs
+STAMP := $(VENV)/.installed
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages: FUSE itself, the headers pyfuse3 builds against, and the
+# real programs the tests drive (rsync, rclone as a stand-in sync client).
+SYSTEM_DEPS := fuse3 libfuse3-dev pkg-config rsync rclone sqlite3
+
+.PHONY: all demo test bench stress system-deps venv clean
+
+all: test
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: system-deps $(STAMP)
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	@echo "make bench: the benchmark harness lands with the performance issue (scripts/bench.py)."; exit 1
+
+stress: venv
+	@echo "make stress: the stress harness lands with the robustness issue."; exit 1
+
+clean:
+	rm -rf $(VENV) demo bench-results .pytest_cache *.egg-info

@@ -1,0 +1,269 @@
+"""The content format: a file header and AES-256-GCM blocks, with random access.
+
+``ContentFile`` is the plaintext view of one ciphertext file.  It is what the
+mount and the offline tools both use: read, write, truncate at any offset,
+re-encrypting only the blocks a change touches.  It knows nothing of FUSE.
+
+Writes are buffered per block: a block is encrypted when it is complete (or
+when ``flush`` is called), so sequential writes of any size encrypt each block
+once.  Between flushes the ciphertext on disk may be torn; a torn file fails
+authentication, it is never read back as data.
+"""
+
+import os
+import struct
+from collections import OrderedDict
+
+from .blocks import HEADER_LEN, NONCE_LEN, Layout, MIN_BLOCK_SHIFT, MAX_BLOCK_SHIFT
+from .crypto import Keys
+from cryptography.exceptions import InvalidTag
+from .errors import CorruptData
+
+MAGIC = b"E2EF"
+CONTENT_VERSION = 1
+_HEADER = struct.Struct(">4sBBH16s")
+_BLOCK_AAD = struct.Struct(">QB")
+FILE_ID_LEN = 16
+
+CLEAN_CACHE_BLOCKS = 16
+DIRTY_LIMIT_BYTES = 4 << 20
+
+
+class Header:
+    __slots__ = ("file_id", "layout", "raw")
+
+    def __init__(self, file_id: bytes, block_size: int):
+        self.file_id = file_id
+        self.layout = Layout(block_size)
+        self.raw = _HEADER.pack(MAGIC, CONTENT_VERSION, block_size.bit_length() - 1, 0, file_id)
+
+    @classmethod
+    def new(cls, block_size: int) -> "Header":
+        return cls(os.urandom(FILE_ID_LEN), block_size)
+
+    @classmethod
+    def parse(cls, raw: bytes, label: str) -> "Header":
+        if len(raw) < HEADER_LEN:
+            raise CorruptData(f"{label}: file is shorter than an e2efs header ({len(raw)} bytes)")
+        magic, version, shift, reserved, file_id = _HEADER.unpack(raw[:HEADER_LEN])
+        if magic != MAGIC:
+            raise CorruptData(f"{label}: not an e2efs file (bad magic)")
+        if version != CONTENT_VERSION:
+            raise CorruptData(f"{label}: unsupported content format version {version}")
+        if reserved != 0 or not MIN_BLOCK_SHIFT <= shift <= MAX_BLOCK_SHIFT:
+            raise CorruptData(f"{label}: invalid header fields")
+        return cls(file_id, 1 << shift)
+
+
+class FileCipher:
+    """Seals and opens the blocks of one file: key from K and the file ID."""
+
+    def __init__(self, keys: Keys, header: Header):
+        self._aead = keys.file_aead(header.file_id)
+        self._header = header.raw
+
+    def _aad(self, index: int, final: bool) -> bytes:
+        return self._header + _BLOCK_AAD.pack(index, 1 if final else 0)
+
+    def seal(self, index: int, plain: bytes, final: bool) -> bytes:
+        nonce = os.urandom(NONCE_LEN)
+        return nonce + self._aead.encrypt(nonce, plain, self._aad(index, final))
+
+    def open(self, index: int, block: bytes, final: bool) -> bytes | None:
+        try:
+            return self._aead.decrypt(block[:NONCE_LEN], block[NONCE_LEN:], self._aad(index, final))
+        except InvalidTag:
+            return None
+
+
+class ContentFile:
+    """Random-access plaintext over one open ciphertext file descriptor.
+
+    The caller owns ``fd`` (opened read-write for writing); ``label`` names the
+    file in errors and logs (a ciphertext path, never a plaintext name).
+    """
+
+    def __init__(self, fd: int, keys: Keys, header: Header, size: int, label: str):
+        self.fd = fd
+        self.label = label
+        self.header = header
+        self.layout = header.layout
+        self._cipher = FileCipher(keys, header)
+        self._size = size
+        self._flushed_size = size
+        self._disk_blocks = self.layout.block_count(size)
+        self._disk_final: int | None = self._disk_blocks - 1
+        self._dirty: dict[int, bytearray] = {}
+        self._clean: OrderedDict[int, bytes] = OrderedDict()
+
+    @classmethod
+    def create(cls, fd: int, keys: Keys, block_size: int, label: str) -> "ContentFile":
+        """Start a new, empty file on an empty fd (header and the one final block)."""
+        header = Header.new(block_size)
+        os.ftruncate(fd, 0)
+        f = cls(fd, keys, header, 0, label)
+        os.pwrite(fd, header.raw, 0)
+        f._put(0, b"", final=True)
+        return f
+
+    @classmethod
+    def open(cls, fd: int, keys: Keys, label: str) -> "ContentFile":
+        header = Header.parse(os.pread(fd, HEADER_LEN, 0), label)
+        cipher_size = os.fstat(fd).st_size
+        size = header.layout.plaintext_size(cipher_size)
+        if size is None:
+            raise CorruptData(f"{label}: ciphertext size {cipher_size} is impossible (truncated or extended)")
+        return cls(fd, keys, header, size, label)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    # -- block access -------------------------------------------------------
+
+    def _stored(self, index: int) -> bytes:
+        cached = self._clean.get(index)
+        if cached is not None:
+            self._clean.move_to_end(index)
+            return cached
+        raw = os.pread(self.fd, self.layout.stride, self.layout.block_offset(index))
+        plain = self._cipher.open(index, raw, final=index == self._disk_final)
+        if plain is None:
+            raise CorruptData(f"{self.label}: block {index} failed authentication")
+        self._remember(index, plain)
+        return plain
+
+    def _remember(self, index: int, plain: bytes) -> None:
+        self._clean[index] = plain
+        self._clean.move_to_end(index)
+        while len(self._clean) > CLEAN_CACHE_BLOCKS:
+            self._clean.popitem(last=False)
+
+    def _current(self, index: int) -> bytes | bytearray:
+        """Block ``index`` as the file holds it now, sized to the logical size."""
+        want = self.layout.block_len(index, self._size)
+        if index in self._dirty:
+            data = self._dirty[index]
+        elif index < self._disk_blocks:
+            data = self._stored(index)
+        else:
+            data = b""
+        if len(data) < want:
+            return bytes(data) + bytes(want - len(data))
+        return data[:want] if len(data) > want else data
+
+    def _put(self, index: int, plain: bytes, final: bool) -> None:
+        sealed = self._cipher.seal(index, bytes(plain), final)
+        offset = self.layout.block_offset(index)
+        view = memoryview(sealed)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+        self._remember(index, bytes(plain))
+
+    # -- plaintext operations -----------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self._size)
+        if offset >= end:
+            return b""
+        bs = self.layout.block_size
+        out = bytearray()
+        for i in self.layout.blocks_touched(offset, end - offset):
+            start = i * bs
+            out += self._current(i)[max(offset, start) - start:min(end, start + bs) - start]
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        bs = self.layout.block_size
+        end = offset + len(data)
+        self._size = max(self._size, end)
+        last = self._last_index()
+        view = memoryview(data)
+        completed = []
+        for i in self.layout.blocks_touched(offset, len(data)):
+            start = i * bs
+            lo, hi = max(offset, start), min(end, start + bs)
+            if lo == start and hi == start + self.layout.block_len(i, self._size):
+                block = bytearray(view[lo - offset:hi - offset])
+            else:
+                block = bytearray(self._current(i))
+                block[lo - start:hi - start] = view[lo - offset:hi - offset]
+            self._dirty[i] = block
+            self._clean.pop(i, None)
+            if hi == start + bs and i < last:
+                completed.append(i)
+        self._seal_completed(completed)
+        if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
+            self._seal_all_before(last)
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        if size == self._size:
+            return
+        if size > self._size:
+            self._size = size          # the new bytes read as zeros until flushed
+            return
+        last = self.layout.block_count(size) - 1
+        tail = bytearray(self._current(last)[:self.layout.block_len(last, size)])
+        self._dirty = {i: b for i, b in self._dirty.items() if i < last}
+        self._dirty[last] = tail
+        self._clean.clear()
+        self._size = size
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every pending block and leave a complete, authentic file on disk."""
+        last = self._last_index()
+        expected = self.layout.ciphertext_size(self._size)
+        if not self._dirty and self._flushed_size == self._size and self._disk_final == last:
+            return
+        self._seal_all_before(last)
+        self._put(last, self._current(last), final=True)
+        self._dirty.pop(last, None)
+        os.ftruncate(self.fd, expected)
+        self._disk_blocks, self._disk_final = last + 1, last
+        self._flushed_size = self._size
+
+    def fsync(self) -> None:
+        self.flush()
+        os.fsync(self.fd)
+
+    # -- internals ----------------------------------------------------------
+
+    def _last_index(self) -> int:
+        return self.layout.block_count(self._size) - 1
+
+    def _seal_completed(self, indices: list[int]) -> None:
+        """Seal blocks a write has just filled to their end, if it leaves no gap.
+
+        A block right after the disk's last block, or inside the file, can be
+        sealed now; one further out waits for the full pass, and so does any
+        block behind a final block that is still partial on disk.
+        """
+        for i in indices:
+            if i > self._disk_blocks or (self._disk_final is not None and self._disk_final < i):
+                return
+            self._seal_nonfinal(i)
+
+    def _seal_all_before(self, upto: int) -> None:
+        """Seal, as non-final, every block before ``upto`` that differs from disk:
+        dirty blocks, the zero blocks of an extension, and the old final block."""
+        pending = {i for i in self._dirty if i < upto}
+        if self._disk_final is not None and self._disk_final < upto:
+            pending.add(self._disk_final)
+        for i in sorted(pending):
+            if i < self._disk_blocks:
+                self._seal_nonfinal(i)
+        for i in range(self._disk_blocks, upto):
+            self._seal_nonfinal(i)
+
+    def _seal_nonfinal(self, index: int) -> None:
+        plain = self._current(index)
+        if self._disk_final == index:
+            self._disk_final = None
+        self._put(index, plain, final=False)
+        self._dirty.pop(index, None)
+        self._disk_blocks = max(self._disk_blocks, index + 1)

@@ -1,0 +1,84 @@
+"""Every failure a user can meet, each with its own documented exit code.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``;
+the codes are listed in README.md and must never be renumbered.  Messages never
+contain secrets.
+"""
+
+
+class E2efsError(Exception):
+    exit_code = 1
+
+
+class UsageError(E2efsError):
+    exit_code = 2
+
+
+class VaultNotFound(E2efsError):
+    exit_code = 10
+
+
+class VaultCorrupt(E2efsError):
+    """The vault file is unreadable, not a vault, or fails its MAC."""
+    exit_code = 11
+
+
+class VaultTooNew(E2efsError):
+    exit_code = 12
+
+
+class WrongSecret(E2efsError):
+    exit_code = 13
+
+
+class BadKeyFormat(E2efsError):
+    exit_code = 14
+
+
+class WeakPassword(E2efsError):
+    exit_code = 15
+
+
+class CorruptData(E2efsError):
+    """Ciphertext (a block, a header, a name) failed authentication."""
+    exit_code = 16
+
+
+class DestinationNotEmpty(E2efsError):
+    exit_code = 17
+
+
+class IOFailure(E2efsError):
+    """Reading the source or writing the destination failed (not corruption)."""
+    exit_code = 18
+
+
+class MountpointError(E2efsError):
+    exit_code = 19
+
+
+class FuseUnavailable(E2efsError):
+    exit_code = 20
+
+
+class NoSpace(E2efsError):
+    exit_code = 21
+
+
+class NotFoundInVault(E2efsError):
+    exit_code = 22
+
+
+class SecretInputError(E2efsError):
+    exit_code = 23
+
+
+class MountFailed(E2efsError):
+    exit_code = 24
+
+
+EXIT_CODES = {
+    "OK": 0,
+    "GENERIC": E2efsError.exit_code,
+    **{cls.__name__: cls.exit_code for cls in E2efsError.__subclasses__()},
+}
