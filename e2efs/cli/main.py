@@ -1,0 +1,56 @@
+"""Entry point: one parser, one subcommand per job, one exit code per failure."""
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import E2efsError
+from . import offline, mount
+
+COMMAND_MODULES = [offline, mount]
+
+DESCRIPTION = """\
+e2efs keeps chat backups end-to-end encrypted in a folder that a cloud client syncs.
+An app writes plaintext into a mount point; only ciphertext reaches the vault folder.
+
+  e2efs init ~/Drive/chats-vault                 create a vault (password + 64-digit recovery key)
+  e2efs mount ~/Drive/chats-vault ~/ChatBackup   unlock it as a folder
+  e2efs unmount ~/ChatBackup                     flush and lock
+  e2efs export ~/Drive/chats-vault ./restored    restore without FUSE
+
+Secrets are read from the terminal, --password-file, --key-file or
+--password-command, never from the command line. A forgotten password and a lost
+64-digit key cannot be recovered by anyone.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2efs", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"e2efs {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is done to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="e2efs: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args) or 0
+    except E2efsError as exc:
+        print(f"e2efs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("e2efs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

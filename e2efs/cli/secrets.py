@@ -1,0 +1,109 @@
+"""Where secrets come from: a TTY prompt, a file, or a command; never argv.
+
+Every command that unlocks a vault calls ``add_secret_options`` on its parser
+and ``unlock`` with the parsed arguments.
+"""
+
+import getpass
+import os
+import subprocess
+import sys
+
+from ..crypto import parse_recovery_key
+from ..errors import BadKeyFormat, SecretInputError, WrongSecret
+from ..vault import LockedVault, Vault
+
+
+def add_secret_options(parser, new: bool = False) -> None:
+    group = parser.add_argument_group(
+        "secret", "Read from one of these, or asked on the terminal. Never given on the command line.")
+    group.add_argument("--password-file", metavar="FILE",
+                       help="read the %spassword from FILE (one trailing newline is ignored)" % ("new " if new else ""))
+    group.add_argument("--password-command", metavar="CMD",
+                       help="run CMD with the shell and read the password from its output, e.g. 'secret-tool lookup e2efs chats'")
+    if not new:
+        group.add_argument("--key-file", metavar="FILE", help="read the 64-digit key from FILE")
+
+
+def _strip_newline(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 16)
+    except OSError as exc:
+        raise SecretInputError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+
+
+def _run_command(cmd: str) -> bytes:
+    try:
+        done = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise SecretInputError("--password-command did not finish within 120 s") from None
+    if done.returncode != 0:
+        raise SecretInputError(f"--password-command failed with exit code {done.returncode}")
+    return _strip_newline(done.stdout)
+
+
+def _nonempty(password: bytes, where: str) -> bytes:
+    if not password:
+        raise SecretInputError(f"the password from {where} is empty")
+    return password
+
+
+def _prompt(prompt: str) -> str:
+    if not os.isatty(sys.stdin.fileno()) and not _has_tty():
+        raise SecretInputError(
+            "no secret given and no terminal to ask on: use --password-file, --key-file or --password-command")
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise SecretInputError("no secret entered") from None
+
+
+def _has_tty() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY))
+        return True
+    except OSError:
+        return False
+
+
+def read_new_password(args, confirm: bool = True) -> bytes:
+    """A new password: from --password-file / --password-command, or typed twice."""
+    if args.password_file:
+        return _nonempty(_strip_newline(_read_file(args.password_file, "password")), args.password_file)
+    if args.password_command:
+        return _nonempty(_run_command(args.password_command), "--password-command")
+    first = _prompt("New password: ").encode()
+    if not first:
+        raise SecretInputError("no password entered")
+    if confirm and _prompt("Repeat the password: ").encode() != first:
+        raise SecretInputError("the two passwords differ")
+    return first
+
+
+def unlock(args, root: str) -> Vault:
+    """Unlock the vault at ``root`` with whichever secret the arguments name."""
+    locked = LockedVault.read(root)
+    if getattr(args, "key_file", None):
+        return locked.unlock_with_key(parse_recovery_key(_read_file(args.key_file, "key").decode("ascii", "replace")))
+    if args.password_file:
+        return locked.unlock_with_password(_strip_newline(_read_file(args.password_file, "password")))
+    if args.password_command:
+        return locked.unlock_with_password(_run_command(args.password_command))
+    if not locked.has_password:
+        return locked.unlock_with_key(parse_recovery_key(_prompt("64-digit key: ")))
+    typed = _prompt("Password (or 64-digit key): ")
+    try:
+        return locked.unlock_with_password(typed.encode())
+    except WrongSecret:
+        try:
+            master = parse_recovery_key(typed)
+        except BadKeyFormat:
+            raise WrongSecret("wrong password") from None
+        return locked.unlock_with_key(master)

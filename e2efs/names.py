@@ -1,0 +1,145 @@
+"""Name encryption: AES-SIV bound to the parent directory, lowercase base32.
+
+Backing names (the grammar is in docs/FORMAT.md):
+
+    <stem>                 regular file
+    <stem>.<dirid>         directory (its 16-byte ID, base32: 26 characters)
+    <stem>.l               symbolic link
+    <stem>.n               other special file (fifo, socket, device node)
+    _<sha256>.name         side record holding a long stem (see below)
+
+``stem`` is base32(SIV(pad16(name), AD=parent dir ID)).  When the whole
+backing name would pass ``MAX_BACKING_NAME`` characters the stem is replaced by
+``_`` + base32(SHA-256(stem)) and the real stem goes into the side record.
+Anything after a valid backing name that a sync client appended (`` (1)``,
+``.sync-conflict-…``) is kept and shown after the plaintext name.
+"""
+
+import base64
+import enum
+import hashlib
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+
+from .errors import CorruptData
+
+ROOT_DIR_ID = bytes(16)
+DIR_ID_LEN = 16
+NAME_PAD = 16
+MAX_NAME_BYTES = 255
+MAX_BACKING_NAME = 220
+LONG_PREFIX = "_"
+SIDE_SUFFIX = ".name"
+MIN_STEM_CHARS = 52      # base32 of the smallest SIV output, 16 + 16 bytes
+
+
+class Kind(enum.Enum):
+    FILE = ""
+    DIR = "d"
+    SYMLINK = "l"
+    NODE = "n"
+
+
+def b32encode(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+_B32 = re.compile(r"[a-z2-7]+")
+
+
+def b32decode(text: str) -> bytes:
+    if not _B32.fullmatch(text):
+        raise ValueError("not lowercase base32")
+    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+
+
+def check_name(name: bytes) -> None:
+    """POSIX rules for one path component; ValueError for the caller to map."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise ValueError(f"invalid file name {name!r}")
+    if len(name) > MAX_NAME_BYTES:
+        raise OverflowError("file name longer than 255 bytes")
+
+
+# A backing name, then whatever a sync client appended to it.
+_BACKING = re.compile(
+    r"(?P<stem>_[a-z2-7]{52}|[a-z2-7]{%d,})(?:\.(?P<suffix>[a-z2-7]{26}|l|n))?(?P<conflict>(?:[ .\-_~(].*)?)" % MIN_STEM_CHARS,
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class BackingName:
+    """A parsed backing name, before its stem is decrypted."""
+    stem: str
+    kind: Kind
+    dir_id: bytes | None
+    conflict: str            # text a sync client appended, or ""
+
+    @property
+    def is_long(self) -> bool:
+        return self.stem.startswith(LONG_PREFIX)
+
+
+def parse_backing_name(fname: str) -> BackingName | None:
+    """None for anything that is not an entry: vault files, temp files, side records."""
+    if fname.endswith(SIDE_SUFFIX) and fname.startswith(LONG_PREFIX) and len(fname) == 53 + len(SIDE_SUFFIX):
+        return None
+    m = _BACKING.fullmatch(fname)
+    if not m:
+        return None
+    conflict = m["conflict"]
+    suffix = m["suffix"]
+    if suffix is None:
+        return BackingName(m["stem"], Kind.FILE, None, conflict)
+    if suffix in ("l", "n"):
+        return BackingName(m["stem"], Kind(suffix), None, conflict)
+    return BackingName(m["stem"], Kind.DIR, b32decode(suffix), conflict)
+
+
+def kind_suffix(kind: Kind, dir_id: bytes | None = None) -> str:
+    if kind is Kind.DIR:
+        return "." + b32encode(dir_id)
+    return "" if kind is Kind.FILE else "." + kind.value
+
+
+def side_record_name(long_stem: str) -> str:
+    return long_stem + SIDE_SUFFIX
+
+
+class NameCipher:
+    """Deterministic name encryption with a directory's ID as associated data."""
+
+    def __init__(self, siv):
+        self._siv = siv
+
+    def stem(self, parent_id: bytes, name: bytes) -> str:
+        padded = name + bytes(-len(name) % NAME_PAD)
+        return b32encode(self._siv.encrypt(padded, [parent_id]))
+
+    def decrypt_stem(self, parent_id: bytes, stem: str) -> bytes:
+        try:
+            plain = self._siv.decrypt(b32decode(stem), [parent_id])
+        except (InvalidTag, ValueError) as exc:
+            raise CorruptData("name failed authentication") from exc
+        name = plain.rstrip(b"\0")
+        try:
+            check_name(name)
+        except (ValueError, OverflowError) as exc:
+            raise CorruptData("name decrypts to an invalid file name") from exc
+        return name
+
+    def backing_name(self, parent_id: bytes, name: bytes, kind: Kind, dir_id: bytes | None = None) -> tuple[str, str | None]:
+        """(backing name, long stem to keep in a side record or None)."""
+        stem = self.stem(parent_id, name)
+        suffix = kind_suffix(kind, dir_id)
+        if len(stem) + len(suffix) <= MAX_BACKING_NAME:
+            return stem + suffix, None
+        short = long_stem_name(stem)
+        return short + suffix, stem
+
+
+def long_stem_name(stem: str) -> str:
+    return LONG_PREFIX + b32encode(hashlib.sha256(stem.encode("ascii")).digest())

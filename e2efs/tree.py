@@ -1,0 +1,286 @@
+"""The ciphertext tree: plaintext names to backing paths, and every change to it.
+
+A ``Dir`` is a backing directory and its ID (the associated data of its
+children's names).  Listings are decrypted once and cached until the backing
+directory changes.  New content is written to a temporary file beside its
+final place and renamed over it when complete, so a crash or a sync client
+never sees a half-written file as the real one.  No FUSE here: the mount and
+the offline commands share this module.
+"""
+
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+from .blocks import Layout
+from .content import ContentFile
+from .errors import CorruptData
+from .names import (
+    DIR_ID_LEN, ROOT_DIR_ID, BackingName, Kind, NameCipher, check_name, long_stem_name,
+    parse_backing_name, side_record_name,
+)
+from .vault import Vault
+
+log = logging.getLogger("e2efs")
+
+TEMP_PREFIX = ".e2efs-tmp-"
+MAX_SYMLINK_TARGET = 4095
+_NODE_RECORD = struct.Struct(">IQ")     # file type bits, rdev
+
+
+@dataclass(frozen=True)
+class Dir:
+    path: str
+    id: bytes
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: bytes
+    backing: str
+    kind: Kind
+    dir_id: bytes | None = None
+
+
+class Tree:
+    def __init__(self, vault: Vault):
+        self.vault = vault
+        self.keys = vault.keys
+        self.layout = Layout(vault.block_size)
+        self.names = NameCipher(vault.keys.names)
+        self.root = Dir(vault.root, ROOT_DIR_ID)
+        self._listings: dict[str, tuple[int, dict[bytes, Entry]]] = {}
+
+    # -- paths ----------------------------------------------------------------
+
+    @staticmethod
+    def path(parent: Dir, entry: Entry) -> str:
+        return os.path.join(parent.path, entry.backing)
+
+    def subdir(self, parent: Dir, entry: Entry) -> Dir:
+        return Dir(self.path(parent, entry), entry.dir_id)
+
+    def plain_size(self, entry: Entry, st: os.stat_result) -> int:
+        """Plaintext size from the backing stat alone (no read, no decryption)."""
+        if entry.kind in (Kind.DIR, Kind.NODE):
+            return 0 if entry.kind is Kind.NODE else st.st_size
+        size = self.layout.plaintext_size(st.st_size)
+        return 0 if size is None else size
+
+    # -- listing and lookup ---------------------------------------------------
+
+    def entries(self, d: Dir) -> dict[bytes, Entry]:
+        mtime = os.stat(d.path).st_mtime_ns
+        cached = self._listings.get(d.path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        listing = self._scan(d)
+        self._listings[d.path] = (mtime, listing)
+        return listing
+
+    def lookup(self, d: Dir, name: bytes) -> Entry | None:
+        return self.entries(d).get(name)
+
+    def invalidate(self, d: Dir) -> None:
+        self._listings.pop(d.path, None)
+
+    def _scan(self, d: Dir) -> dict[bytes, Entry]:
+        found: dict[bytes, Entry] = {}
+        for fname in sorted(os.listdir(d.path)):
+            parsed = parse_backing_name(fname)
+            if parsed is None:
+                continue
+            try:
+                name = self._decrypt(d, parsed) + parsed.conflict.encode()
+            except CorruptData as exc:
+                log.warning("skipping %s: %s", os.path.join(d.path, fname), exc)
+                continue
+            if name in found:
+                name += f" (e2efs duplicate {fname[-8:]})".encode()
+            found[name] = Entry(name, fname, parsed.kind, parsed.dir_id)
+        return found
+
+    def _decrypt(self, d: Dir, parsed: BackingName) -> bytes:
+        stem = parsed.stem
+        if parsed.is_long:
+            stem = self._read_side_record(d, parsed.stem)
+        return self.names.decrypt_stem(d.id, stem)
+
+    def _read_side_record(self, d: Dir, long_stem: str) -> str:
+        path = os.path.join(d.path, side_record_name(long_stem))
+        try:
+            with open(path, "rb") as f:
+                stem = f.read(1024).decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            raise CorruptData("long-name side record is missing") from None
+        if long_stem_name(stem) != long_stem:
+            raise CorruptData("long-name side record does not match its entry")
+        return stem
+
+    # -- creating and removing entries ---------------------------------------
+
+    def new_entry(self, d: Dir, name: bytes, kind: Kind, dir_id: bytes | None = None) -> Entry:
+        """Name a new entry (writing its side record if the name is long); a new
+        directory gets a fresh random ID unless it keeps ``dir_id``."""
+        check_name(name)
+        if kind is Kind.DIR and dir_id is None:
+            dir_id = os.urandom(DIR_ID_LEN)
+        backing, long_stem = self.names.backing_name(d.id, name, kind, dir_id)
+        if long_stem is not None:
+            short = backing.split(".", 1)[0]
+            tmp = os.path.join(d.path, TEMP_PREFIX + os.urandom(8).hex())
+            with open(tmp, "x") as f:
+                f.write(long_stem)
+            os.replace(tmp, os.path.join(d.path, side_record_name(short)))
+        return Entry(name, backing, kind, dir_id)
+
+    def _forget_side_record(self, d: Dir, entry: Entry) -> None:
+        parsed = parse_backing_name(entry.backing)
+        if parsed is not None and parsed.is_long:
+            still_used = any(e.backing.split(".", 1)[0] == parsed.stem
+                             for e in self._scan(d).values() if e.backing != entry.backing)
+            if not still_used:
+                try:
+                    os.unlink(os.path.join(d.path, side_record_name(parsed.stem)))
+                except FileNotFoundError:
+                    pass
+
+    def mkdir(self, d: Dir, name: bytes, mode: int = 0o777) -> Entry:
+        entry = self.new_entry(d, name, Kind.DIR)
+        os.mkdir(self.path(d, entry), mode)
+        self.invalidate(d)
+        return entry
+
+    def temp_file(self, d: Dir, mode: int = 0o600) -> tuple[str, int]:
+        """A fresh, empty temporary file beside the entries of ``d`` (path, fd)."""
+        path = os.path.join(d.path, TEMP_PREFIX + os.urandom(8).hex())
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+
+    def commit(self, d: Dir, temp_path: str, name: bytes, kind: Kind = Kind.FILE) -> Entry:
+        """Rename a completed temporary file into place as ``name``, replacing
+        whatever non-directory held that name."""
+        old = self.lookup(d, name)
+        entry = self.new_entry(d, name, kind) if old is None or old.kind is not kind else old
+        os.replace(temp_path, self.path(d, entry))
+        if old is not None and old.backing != entry.backing:
+            self.remove(d, old)
+        self.invalidate(d)
+        return entry
+
+    def write_file(self, d: Dir, name: bytes, chunks, mode: int = 0o644, kind: Kind = Kind.FILE) -> Entry:
+        """Encrypt a stream of byte chunks into a new file, atomically."""
+        temp, fd = self.temp_file(d, mode)
+        try:
+            content = ContentFile.create(fd, self.keys, self.layout.block_size, temp)
+            offset = 0
+            for chunk in chunks:
+                content.write(offset, chunk)
+                offset += len(chunk)
+            content.fsync()
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp)
+            raise
+        os.close(fd)
+        return self.commit(d, temp, name, kind)
+
+    def symlink(self, d: Dir, name: bytes, target: bytes) -> Entry:
+        if len(target) > MAX_SYMLINK_TARGET:
+            raise OverflowError("symlink target longer than 4095 bytes")
+        return self.write_file(d, name, [target], mode=0o600, kind=Kind.SYMLINK)
+
+    def mknod(self, d: Dir, name: bytes, mode: int, rdev: int = 0) -> Entry:
+        record = _NODE_RECORD.pack(stat.S_IFMT(mode), rdev)
+        return self.write_file(d, name, [record], mode=stat.S_IMODE(mode), kind=Kind.NODE)
+
+    def remove(self, d: Dir, entry: Entry) -> None:
+        """Unlink a non-directory entry (and its side record)."""
+        os.unlink(self.path(d, entry))
+        self._forget_side_record(d, entry)
+        self.invalidate(d)
+
+    def rmdir(self, d: Dir, entry: Entry) -> None:
+        os.rmdir(self.path(d, entry))
+        self._forget_side_record(d, entry)
+        self.invalidate(d)
+
+    def rename(self, src: Dir, entry: Entry, dst: Dir, new_name: bytes) -> Entry:
+        """Move ``entry`` to ``dst``/``new_name``, replacing a target as rename(2) does
+        (the caller has checked kinds and emptiness)."""
+        target = self.lookup(dst, new_name)
+        moved = self.new_entry(dst, new_name, entry.kind, entry.dir_id)
+        if target is not None and target.backing != moved.backing:
+            if target.kind is Kind.DIR:
+                self.rmdir(dst, target)
+            else:
+                self.remove(dst, target)
+        if (src.path, entry.backing) != (dst.path, moved.backing):
+            os.replace(self.path(src, entry), self.path(dst, moved))
+            self._forget_side_record(src, entry)
+        self.invalidate(src)
+        self.invalidate(dst)
+        return moved
+
+    def link(self, d: Dir, entry: Entry, dst: Dir, new_name: bytes) -> Entry:
+        linked = self.new_entry(dst, new_name, entry.kind)
+        os.link(self.path(d, entry), self.path(dst, linked))
+        self.invalidate(dst)
+        return linked
+
+    # -- content --------------------------------------------------------------
+
+    def open_content(self, path: str, writable: bool = False) -> ContentFile:
+        """Open a ciphertext file; the caller closes ``content.fd``."""
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        try:
+            content = ContentFile.open(fd, self.keys, path)
+            if content.layout.block_size != self.layout.block_size:
+                raise CorruptData(f"{path}: block size differs from the vault's")
+            return content
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_all(self, path: str) -> bytes:
+        content = self.open_content(path)
+        try:
+            return content.read(0, content.size)
+        finally:
+            os.close(content.fd)
+
+    def readlink(self, d: Dir, entry: Entry) -> bytes:
+        return self.read_all(self.path(d, entry))
+
+    def node_info(self, d: Dir, entry: Entry) -> tuple[int, int]:
+        """(file type bits, rdev) of a special file."""
+        record = self.read_all(self.path(d, entry))
+        if len(record) != _NODE_RECORD.size:
+            raise CorruptData(f"{self.path(d, entry)}: invalid special-file record")
+        return _NODE_RECORD.unpack(record)
+
+    # -- whole-tree traversal (offline tools, fsck) --------------------------
+
+    def walk(self, d: Dir | None = None, prefix: bytes = b""):
+        """Yield (relative plaintext path, parent Dir, Entry), parents first."""
+        d = d or self.root
+        for name, entry in sorted(self.entries(d).items()):
+            rel = prefix + name
+            yield rel, d, entry
+            if entry.kind is Kind.DIR:
+                yield from self.walk(self.subdir(d, entry), rel + b"/")
+
+    def resolve(self, path: bytes) -> tuple[Dir, Entry | None]:
+        """(parent Dir, Entry) of a plaintext path; Entry is None for the root."""
+        d, entry = self.root, None
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        for i, part in enumerate(parts):
+            if entry is not None:
+                if entry.kind is not Kind.DIR:
+                    raise NotADirectoryError(b"/".join(parts[:i]).decode(errors="replace"))
+                d = self.subdir(d, entry)
+            entry = self.lookup(d, part)
+            if entry is None:
+                raise FileNotFoundError(b"/".join(parts[:i + 1]).decode(errors="replace"))
+        return d, entry
