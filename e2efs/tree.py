@@ -93,7 +93,7 @@ class Tree:
             if parsed is None:
                 continue
             try:
-                name = self._decrypt(d, parsed) + parsed.conflict.encode()
+                name = self.decrypt_name(d, parsed) + parsed.conflict.encode()
             except CorruptData as exc:
                 log.warning("skipping %s: %s", os.path.join(d.path, fname), exc)
                 continue
@@ -102,7 +102,7 @@ class Tree:
             found[name] = Entry(name, fname, parsed.kind, parsed.dir_id)
         return found
 
-    def _decrypt(self, d: Dir, parsed: BackingName) -> bytes:
+    def decrypt_name(self, d: Dir, parsed: BackingName) -> bytes:
         stem = parsed.stem
         if parsed.is_long:
             stem = self._read_side_record(d, parsed.stem)

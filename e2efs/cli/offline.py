@@ -1,5 +1,354 @@
 """Commands that need no mount: init, info, import, export, ls, cat, fsck."""
 
+import json
+import os
+import stat
+import sys
+import time
+
+from .. import crypto
+from ..check import check
+from ..content import Header
+from ..blocks import HEADER_LEN
+from ..errors import (CorruptData, DestinationNotEmpty, IOFailure, NotFoundInVault, UsageError,
+                      VaultNotFound)
+from ..names import Kind, parse_backing_name
+from ..strength import check_password
+from ..transfer import authenticate_file, export_tree, import_tree
+from ..tree import Tree
+from ..vault import DEFAULT_BLOCK_SIZE, KdfParams, LockedVault, Vault, VaultFile, FORMAT_VERSION, key_check
+from .secrets import add_secret_options, read_new_password, read_secret_file, unlock
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'64K', '256M', '65536' -> bytes."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
+    try:
+        return int(t[:len(t) - len(unit)]) * _UNITS[unit]
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 64K, 256M)") from None
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    print()
+
+
+# -- init ---------------------------------------------------------------------
+
+KEY_WARNING = {
+    True: ("Write this key down and keep it away from the vault (on paper, in a password\n"
+           "manager). Your password or this key opens the backups. Nobody (not e2efs, not\n"
+           "your cloud provider) can reset either: if you forget the password AND lose\n"
+           "this key, your backups are gone for good."),
+    False: ("Write this key down and keep it away from the vault (on paper, in a password\n"
+            "manager). It is the only way in. Nobody (not e2efs, not your cloud provider)\n"
+            "can recover it: if you lose it, your backups are gone for good."),
+}
+
+
+def cmd_init(args) -> int:
+    root = args.vault
+    if os.path.lexists(root) and (not os.path.isdir(root) or os.listdir(root)):
+        raise DestinationNotEmpty(f"{root} exists and is not an empty folder; a new vault needs a new or empty one")
+    block_size = parse_size(args.block_size)
+    kdf = KdfParams(parse_size(args.kdf_memory) // 1024, args.kdf_time, args.kdf_parallelism)
+    if kdf.memory_kib < 8 * kdf.parallelism or kdf.time_cost < 1:
+        raise UsageError("--kdf-memory must be at least 8 KiB per lane and --kdf-time at least 1")
+    password = None
+    if not args.key_only:
+        password = read_new_password(args)
+        if not args.allow_weak_password:
+            check_password(password)
+    master = crypto.new_master_key()
+    os.makedirs(root, exist_ok=True)
+    try:
+        Vault.create(root, master, password, block_size, kdf)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    key = crypto.format_recovery_key(master)
+    if args.json:
+        _print_json({"vault": os.path.abspath(root), "recovery_key": key, "block_size": block_size,
+                     "password": password is not None})
+        return 0
+    print(f"Created vault {root} (format {FORMAT_VERSION}, {_human(block_size)} blocks"
+          + (f", Argon2id {_human(kdf.memory_kib * 1024)} x {kdf.time_cost})." if password else ")."))
+    print("\nYour 64-digit " + ("recovery " if password else "") + "key:\n")
+    groups = key.split()
+    for i in range(0, 16, 4):
+        print("    " + " ".join(groups[i:i + 4]))
+    print()
+    print(KEY_WARNING[password is not None])
+    return 0
+
+
+# -- info ---------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    locked = LockedVault.read(args.vault)
+    vf = locked.copies[0]
+    slots = [{"type": "password", "kdf": "argon2id", "memory_kib": s.kdf.memory_kib,
+              "time_cost": s.kdf.time_cost, "parallelism": s.kdf.parallelism} for s in vf.slots]
+    if args.json:
+        _print_json({"vault": os.path.abspath(args.vault), "format_version": vf.version,
+                     "block_size": vf.block_size, "slots": slots, "problems": locked.damaged})
+        return 0
+    print(f"vault:          {os.path.abspath(args.vault)}")
+    print(f"format version: {vf.version}")
+    print(f"block size:     {_human(vf.block_size)}")
+    for s in slots:
+        print(f"password slot:  Argon2id, {_human(s['memory_kib'] * 1024)}, time cost {s['time_cost']}, "
+              f"{s['parallelism']} lanes")
+    print("unlock with:    " + ("password or 64-digit key" if slots else "64-digit key only"))
+    for problem in locked.damaged:
+        print(f"problem:        {problem}")
+    print("(read without a secret: nothing here is authenticated; 'e2efs fsck' checks everything)")
+    return 0
+
+
+# -- unlocking for the reading commands --------------------------------------
+
+def _discover_block_size(root: str) -> int:
+    for dirpath, _, files in os.walk(root):
+        for fname in files:
+            parsed = parse_backing_name(fname)
+            if parsed is not None and parsed.kind is Kind.FILE:
+                with open(os.path.join(dirpath, fname), "rb") as f:
+                    try:
+                        return Header.parse(f.read(HEADER_LEN), fname).layout.block_size
+                    except CorruptData:
+                        continue
+    return DEFAULT_BLOCK_SIZE
+
+
+def open_tree(args) -> Tree:
+    """Unlock the vault named by ``args.vault``; with --key-file this works even
+    when both vault files are lost (the key is K itself)."""
+    try:
+        vault = unlock(args, args.vault)
+    except VaultNotFound:
+        if not (getattr(args, "key_file", None) and os.path.isdir(args.vault)):
+            raise
+        master = crypto.parse_recovery_key(read_secret_file(args.key_file, "key").decode("ascii", "replace"))
+        vf = VaultFile(FORMAT_VERSION, _discover_block_size(args.vault), key_check(master))
+        vault = Vault(args.vault, vf, crypto.Keys(master),
+                      ["both vault files are missing: reading the tree with the 64-digit key alone"])
+    for warning in vault.warnings:
+        print(f"e2efs: warning: {warning}", file=sys.stderr)
+    return Tree(vault)
+
+
+def _resolve(tree: Tree, path: str):
+    try:
+        return tree.resolve(os.fsencode(path))
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundInVault(f"{path}: no such file or directory in the vault") from None
+
+
+# -- import / export ----------------------------------------------------------
+
+def _progress(args):
+    if args.quiet or not sys.stderr.isatty():
+        return None
+
+    def show(path, size):
+        print(f"\r\033[K{path[-70:]}", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def _summary(args, verb: str, stats, started: float) -> None:
+    if sys.stderr.isatty() and not args.quiet:
+        print("\r\033[K", end="", file=sys.stderr)
+    if args.json:
+        _print_json({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes,
+                     "seconds": round(time.monotonic() - started, 3)})
+    elif not args.quiet:
+        secs = time.monotonic() - started
+        print(f"{verb} {stats.files} files in {stats.dirs} folders, {_human(stats.bytes)} in {secs:.1f} s")
+
+
+def cmd_import(args) -> int:
+    if not os.path.isdir(args.source):
+        raise IOFailure(f"{args.source} is not a folder")
+    tree = open_tree(args)
+    started = time.monotonic()
+    stats = import_tree(tree, args.source, _progress(args))
+    _summary(args, "imported", stats, started)
+    return 0
+
+
+def cmd_export(args) -> int:
+    tree = open_tree(args)
+    started = time.monotonic()
+    stats = export_tree(tree, args.dest, _progress(args))
+    _summary(args, "exported", stats, started)
+    return 0
+
+
+# -- ls / cat -----------------------------------------------------------------
+
+def cmd_ls(args) -> int:
+    tree = open_tree(args)
+    d, entry = _resolve(tree, args.path)
+    if entry is None or entry.kind is Kind.DIR:
+        listing_dir = d if entry is None else tree.subdir(d, entry)
+        rows = [(listing_dir, e) for _, e in sorted(tree.entries(listing_dir).items())]
+    else:
+        rows = [(d, entry)]
+    out = []
+    for parent, e in rows:
+        st = os.lstat(tree.path(parent, e))
+        size = tree.plain_size(e, st)
+        mode = 0o777 if e.kind is Kind.SYMLINK else stat.S_IMODE(st.st_mode)
+        type_bits = {Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK, Kind.FILE: stat.S_IFREG}.get(e.kind)
+        if type_bits is None:
+            type_bits = tree.node_info(parent, e)[0]
+        name = os.fsdecode(e.name)
+        if args.json:
+            out.append({"name": name, "type": e.kind.name.lower(), "size": size, "mode": oct(mode),
+                        "mtime": st.st_mtime})
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
+        suffix = ""
+        if e.kind is Kind.SYMLINK:
+            suffix = " -> " + os.fsdecode(tree.readlink(parent, e))
+        print(f"{stat.filemode(type_bits | mode)} {size:>12} {when} {name}{suffix}")
+    if args.json:
+        _print_json(out)
+    return 0
+
+
+def cmd_cat(args) -> int:
+    tree = open_tree(args)
+    d, entry = _resolve(tree, args.path)
+    if entry is None or entry.kind is not Kind.FILE:
+        raise UsageError(f"{args.path} is not a regular file")
+    path = tree.path(d, entry)
+    authenticate_file(tree, path)          # all of it first: nothing unauthenticated reaches stdout
+    content = tree.open_content(path)
+    try:
+        out = sys.stdout.buffer
+        for offset in range(0, content.size, 1 << 20):
+            out.write(content.read(offset, 1 << 20))
+        out.flush()
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(content.fd)
+    return 0
+
+
+# -- fsck ---------------------------------------------------------------------
+
+def cmd_fsck(args) -> int:
+    tree = open_tree(args)
+    started = time.monotonic()
+    report = check(tree, _progress(args))
+    if sys.stderr.isatty() and not args.quiet:
+        print("\r\033[K", end="", file=sys.stderr)
+    problems = [("vault file", w) for w in tree.vault.warnings] + report.problems
+    if args.json:
+        _print_json({"dirs": report.dirs, "files": report.files, "bytes": report.bytes,
+                     "problems": [{"path": p, "reason": r} for p, r in problems]})
+    else:
+        for path, reason in problems:
+            print(f"CORRUPT {path}: {reason}")
+        if not args.quiet:
+            print(f"checked {report.files} files in {report.dirs} folders, {_human(report.bytes)} "
+                  f"in {time.monotonic() - started:.1f} s: "
+                  + (f"{len(problems)} problem(s)" if problems else "no problems"))
+    if problems:
+        raise CorruptData(f"fsck found {len(problems)} problem(s) in {args.vault}")
+    return 0
+
+
+# -- registration -------------------------------------------------------------
+
+def _common(p, secret=True) -> None:
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    if secret:
+        add_secret_options(p)
+
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("init", help="create a new vault",
+                       description="Create a vault in an empty or new folder. By default it is protected by a "
+                                   "password you choose, and a 64-digit recovery key is shown once. "
+                                   "Example: e2efs init ~/Drive/chats-vault")
+    p.add_argument("vault")
+    p.add_argument("--key-only", action="store_true",
+                   help="no password: the generated 64-digit key is the only way in")
+    p.add_argument("--block-size", default="64K", help="plaintext block size, 4K to 1M (default 64K)")
+    p.add_argument("--kdf-memory", default=f"{crypto.ARGON2_MEMORY_KIB // 1024}M",
+                   help="Argon2id memory (default %(default)s)")
+    p.add_argument("--kdf-time", type=int, default=crypto.ARGON2_TIME_COST,
+                   help="Argon2id passes (default %(default)s, about 1 s)")
+    p.add_argument("--kdf-parallelism", type=int, default=crypto.ARGON2_PARALLELISM,
+                   help="Argon2id lanes (default %(default)s)")
+    p.add_argument("--allow-weak-password", action="store_true",
+                   help="accept a password the strength estimator rejects")
+    p.add_argument("--json", action="store_true", help="print the result (including the key) as JSON")
+    add_secret_options(p, new=True)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("info", help="show a vault's parameters (no secret needed)",
+                       description="Show format version, block size, KDF cost and key slots. Needs no "
+                                   "secret and shows none. Example: e2efs info ~/Drive/chats-vault")
+    p.add_argument("vault")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import", help="encrypt a plain folder into a vault",
+                       description="Encrypt every file, folder and symlink under SOURCE into the vault "
+                                   "(merging by name; existing files are replaced). SOURCE is not changed. "
+                                   "Example: e2efs import ./old-backups ~/Drive/chats-vault")
+    p.add_argument("source")
+    p.add_argument("vault")
+    _common(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="decrypt a whole vault into a plain folder",
+                       description="Restore without FUSE: decrypt everything into DEST, which must be new or "
+                                   "empty. DEST appears only when every file decrypted and authenticated. "
+                                   "Works with the 64-digit key even if both vault files are lost. "
+                                   "Example: e2efs export ~/Drive/chats-vault ./restored")
+    p.add_argument("vault")
+    p.add_argument("dest")
+    _common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ls", help="list decrypted names, sizes and times",
+                       description="Example: e2efs ls ~/Drive/chats-vault Media")
+    p.add_argument("vault")
+    p.add_argument("path", nargs="?", default="")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    add_secret_options(p)
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("cat", help="decrypt one file to standard output",
+                       description="The whole file is authenticated before any byte is written. "
+                                   "Example: e2efs cat ~/Drive/chats-vault msgstore.db > msgstore.db")
+    p.add_argument("vault")
+    p.add_argument("path")
+    add_secret_options(p)
+    p.set_defaults(func=cmd_cat)
+
+    p = sub.add_parser("fsck", help="authenticate every name and every block",
+                       description="Read-only check of the whole vault. Exit 0 when everything "
+                                   "authenticates, 16 when anything is corrupt (each problem is printed). "
+                                   "Example: e2efs fsck ~/Drive/chats-vault")
+    p.add_argument("vault")
+    _common(p)
+    p.set_defaults(func=cmd_fsck)

@@ -31,7 +31,7 @@ def _strip_newline(data: bytes) -> bytes:
     return data[:-1] if data.endswith(b"\n") else data
 
 
-def _read_file(path: str, what: str) -> bytes:
+def read_secret_file(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read(1 << 16)
@@ -76,7 +76,7 @@ def _has_tty() -> bool:
 def read_new_password(args, confirm: bool = True) -> bytes:
     """A new password: from --password-file / --password-command, or typed twice."""
     if args.password_file:
-        return _nonempty(_strip_newline(_read_file(args.password_file, "password")), args.password_file)
+        return _nonempty(_strip_newline(read_secret_file(args.password_file, "password")), args.password_file)
     if args.password_command:
         return _nonempty(_run_command(args.password_command), "--password-command")
     first = _prompt("New password: ").encode()
@@ -91,9 +91,9 @@ def unlock(args, root: str) -> Vault:
     """Unlock the vault at ``root`` with whichever secret the arguments name."""
     locked = LockedVault.read(root)
     if getattr(args, "key_file", None):
-        return locked.unlock_with_key(parse_recovery_key(_read_file(args.key_file, "key").decode("ascii", "replace")))
+        return locked.unlock_with_key(parse_recovery_key(read_secret_file(args.key_file, "key").decode("ascii", "replace")))
     if args.password_file:
-        return locked.unlock_with_password(_strip_newline(_read_file(args.password_file, "password")))
+        return locked.unlock_with_password(_strip_newline(read_secret_file(args.password_file, "password")))
     if args.password_command:
         return locked.unlock_with_password(_run_command(args.password_command))
     if not locked.has_password:

@@ -1,0 +1,155 @@
+"""Whole-tree copies between a plain folder and a vault: import and export.
+
+Both directions write nothing that could pass for a finished result: import
+commits each file by rename when it is complete, export builds the tree in a
+hidden sibling folder and renames it into place only when every file has
+been decrypted and authenticated.
+"""
+
+import os
+import shutil
+import stat
+
+from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace
+from .names import Kind
+from .tree import Dir, Tree
+
+CHUNK = 1 << 20
+
+
+def _io_error(exc: OSError, what: str) -> Exception:
+    if exc.errno == 28:
+        return NoSpace(f"no space left while writing {what}")
+    return IOFailure(f"{what}: {exc.strerror}")
+
+
+def _keep_metadata(path: str, st: os.stat_result, follow: bool = True, mode: bool = True) -> None:
+    """Owner (when root), mode and times of ``st`` onto ``path``; a link's own
+    times when not ``follow``."""
+    if os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=follow)
+    if mode and follow:
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=follow)
+
+
+def _read_chunks(path: str):
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+class Stats:
+    def __init__(self):
+        self.files = self.dirs = self.bytes = 0
+
+
+def import_tree(tree: Tree, source: str, progress=None) -> Stats:
+    """Encrypt the plain folder ``source`` into the vault root, merging by name."""
+    stats = Stats()
+    _import_dir(tree, os.fsencode(source), tree.root, stats, progress)
+    return stats
+
+
+def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress) -> None:
+    try:
+        names = sorted(os.listdir(src))
+    except OSError as exc:
+        raise _io_error(exc, f"cannot read {os.fsdecode(src)}") from None
+    for name in names:
+        path = os.path.join(src, name)
+        shown = os.fsdecode(path)
+        try:
+            st = os.lstat(path)
+            existing = tree.lookup(d, name)
+            if stat.S_ISDIR(st.st_mode):
+                entry = existing if existing and existing.kind is Kind.DIR else tree.mkdir(d, name, 0o700)
+                _import_dir(tree, path, tree.subdir(d, entry), stats, progress)
+                _keep_metadata(tree.path(d, entry), st)
+                stats.dirs += 1
+                continue
+            if stat.S_ISREG(st.st_mode):
+                entry = tree.write_file(d, name, _read_chunks(path))
+                stats.bytes += st.st_size
+            elif stat.S_ISLNK(st.st_mode):
+                entry = tree.symlink(d, name, os.readlink(path))
+            elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                entry = tree.mknod(d, name, st.st_mode, st.st_rdev)
+            else:
+                continue                  # sockets belong to a running program, not a backup
+            _keep_metadata(tree.path(d, entry), st, mode=entry.kind is not Kind.SYMLINK)
+            stats.files += 1
+            if progress:
+                progress(shown, st.st_size)
+        except OSError as exc:
+            raise _io_error(exc, f"cannot import {shown}") from None
+
+
+def export_tree(tree: Tree, dest: str, progress=None) -> Stats:
+    """Decrypt the whole vault into ``dest`` (missing or empty), all or nothing."""
+    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise DestinationNotEmpty(f"{dest} exists and is not an empty folder; export needs a new or empty one")
+    parent = os.path.dirname(os.path.abspath(dest))
+    partial = os.path.join(parent, f".{os.path.basename(os.path.abspath(dest))}.e2efs-partial-{os.urandom(4).hex()}")
+    stats = Stats()
+    try:
+        os.mkdir(partial, 0o700)
+        _export_dir(tree, tree.root, os.fsencode(partial), stats, progress)
+        _keep_metadata(partial, os.stat(tree.root.path))
+        if os.path.isdir(dest):
+            os.rmdir(dest)
+        os.rename(partial, dest)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _io_error(exc, f"cannot export to {dest}") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return stats
+
+
+def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress) -> None:
+    for name, entry in sorted(tree.entries(d).items()):
+        target = os.path.join(out, name)
+        source = tree.path(d, entry)
+        st = os.lstat(source)
+        if entry.kind is Kind.DIR:
+            os.mkdir(target, 0o700)
+            _export_dir(tree, tree.subdir(d, entry), target, stats, progress)
+            _keep_metadata(target, st)
+            stats.dirs += 1
+            continue
+        if entry.kind is Kind.SYMLINK:
+            os.symlink(tree.readlink(d, entry), target)
+            _keep_metadata(target, st, follow=False)
+        elif entry.kind is Kind.NODE:
+            kind, rdev = tree.node_info(d, entry)
+            os.mknod(target, kind | stat.S_IMODE(st.st_mode), rdev)
+            _keep_metadata(target, st)
+        else:
+            stats.bytes += decrypt_file(tree, source, target)
+            _keep_metadata(target, st)
+        stats.files += 1
+        if progress:
+            progress(os.fsdecode(target), st.st_size)
+
+
+def decrypt_file(tree: Tree, source: str, target: str) -> int:
+    content = tree.open_content(source)
+    try:
+        with open(target, "wb") as out:
+            for offset in range(0, content.size, CHUNK):
+                out.write(content.read(offset, CHUNK))
+        return content.size
+    finally:
+        os.close(content.fd)
+
+
+def authenticate_file(tree: Tree, source: str) -> int:
+    """Read and authenticate every block; returns the plaintext size."""
+    content = tree.open_content(source)
+    try:
+        content.authenticate()
+        return content.size
+    finally:
+        os.close(content.fd)
