@@ -70,6 +70,10 @@ _BACKING = re.compile(
 )
 
 
+# ``<stem> (1).l``: clients such as Dropbox and Syncthing insert before the "extension".
+_SUFFIX_AFTER_CONFLICT = re.compile(r"(?P<conflict>[ .\-_~(].*)\.(?P<suffix>[a-z2-7]{26}|l|n)", re.DOTALL)
+
+
 @dataclass(frozen=True)
 class BackingName:
     """A parsed backing name, before its stem is decrypted."""
@@ -92,6 +96,12 @@ def parse_backing_name(fname: str) -> BackingName | None:
         return None
     conflict = m["conflict"]
     suffix = m["suffix"]
+    if suffix is None and conflict:
+        if m["stem"].startswith(LONG_PREFIX) and SIDE_SUFFIX in conflict:
+            return None                  # a sync client's copy of a side record
+        moved = _SUFFIX_AFTER_CONFLICT.fullmatch(conflict)
+        if moved:                        # the client took our kind suffix for an extension
+            conflict, suffix = moved["conflict"], moved["suffix"]
     if suffix is None:
         return BackingName(m["stem"], Kind.FILE, None, conflict)
     if suffix in ("l", "n"):
