@@ -1,0 +1,250 @@
+"""The offline commands, run as a user runs them: real vaults, real exit codes."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from e2efs.errors import (CorruptData, DestinationNotEmpty, IOFailure, NotFoundInVault, SecretInputError,
+                          VaultCorrupt, VaultNotFound, WeakPassword, WrongSecret)
+from cli import FAST_KDF, PASSWORD, init_vault, run, tree_snapshot
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def realistic_tree(tmp_path):
+    """Nested folders, unicode and 200-character names, empty files, a symlink,
+    a file of exactly one block, a multi-MiB file, a fifo."""
+    src = tmp_path / "src"
+    (src / "Media" / "WhatsApp Images" / "2026").mkdir(parents=True)
+    (src / "Médias ✓ 日本語").mkdir()
+    (src / "msgstore.db").write_bytes(os.urandom(3 * MIB + 17))
+    (src / "Media" / "WhatsApp Images" / "2026" / "IMG-0001.jpg").write_bytes(os.urandom(65536))
+    (src / "Médias ✓ 日本語" / ("n" * 200)).write_bytes(b"long name")
+    (src / "Médias ✓ 日本語" / "empty").write_bytes(b"")
+    (src / "Media" / "notes.txt").write_text("secret chat text\n")
+    (src / "Media" / "latest").symlink_to("WhatsApp Images/2026/IMG-0001.jpg")
+    (src / "empty-dir").mkdir()
+    os.mkfifo(src / "a-fifo")
+    os.chmod(src / "Media" / "notes.txt", 0o640)
+    os.utime(src / "msgstore.db", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    return src
+
+
+def test_import_export_round_trip(tmp_path, realistic_tree):
+    vault, pw, key = init_vault(tmp_path)
+    run("import", realistic_tree, vault, "--password-file", pw)
+    run("export", vault, tmp_path / "restored", "--password-file", pw)
+    assert tree_snapshot(tmp_path / "restored") == tree_snapshot(realistic_tree)
+    fsck = run("fsck", vault, "--password-file", pw)
+    assert "no problems" in fsck.stdout
+
+
+def test_vault_holds_no_plaintext(tmp_path, realistic_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", realistic_tree, vault, "--password-file", pw)
+    for dirpath, dirnames, filenames in os.walk(vault):
+        for name in dirnames + filenames:
+            for word in ("msgstore", "Media", "WhatsApp", "notes", "IMG", "empty", "latest", "nnnnnnnn"):
+                assert word.lower() not in name.lower(), name
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    data = f.read()
+                assert b"secret chat text" not in data and b"WhatsApp Images" not in data
+                assert PASSWORD.encode() not in data
+
+
+def test_key_only_vault_and_export_without_vault_files(tmp_path, realistic_tree):
+    vault, _, key = init_vault(tmp_path, password=None)
+    run("import", realistic_tree, vault, "--key-file", key)
+    for name in ("e2efs.vault", "e2efs.vault.bak"):
+        os.unlink(vault / name)
+    run("export", vault, tmp_path / "restored", "--key-file", key)
+    assert tree_snapshot(tmp_path / "restored") == tree_snapshot(realistic_tree)
+
+
+def test_key_accepted_in_any_case_with_dashes(tmp_path):
+    vault, pw, key = init_vault(tmp_path)
+    messy = key.read_text().upper().replace(" ", "-")
+    key.write_text("  " + messy[:20] + "\n" + messy[20:] + "\n")
+    assert run("ls", vault, "--key-file", key).returncode == 0
+
+
+def test_cat_and_ls(tmp_path, realistic_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", realistic_tree, vault, "--password-file", pw)
+    assert run("cat", vault, "Media/notes.txt", "--password-file", pw).stdout == "secret chat text\n"
+    listing = json.loads(run("ls", vault, "Media", "--json", "--password-file", pw).stdout)
+    by_name = {e["name"]: e for e in listing}
+    assert by_name["notes.txt"]["size"] == 17 and by_name["notes.txt"]["mode"] == "0o640"
+    assert by_name["latest"]["type"] == "symlink"
+    missing = run("cat", vault, "Media/nope", "--password-file", pw, check=False)
+    assert missing.returncode == NotFoundInVault.exit_code
+
+
+def test_info_shows_parameters_and_no_secret(tmp_path):
+    vault, pw, key = init_vault(tmp_path)
+    info = json.loads(run("info", vault, "--json").stdout)
+    assert info["format_version"] == 1 and info["block_size"] == 65536
+    assert info["slots"][0]["memory_kib"] == 8192
+    text = run("info", vault).stdout
+    assert key.read_text().split()[0] not in text
+
+
+def _single_block(vault):
+    """The backing path of the one regular ciphertext file in ``vault``."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(vault) for f in fs if not f.startswith("e2efs.vault")]
+    assert len(files) == 1
+    return files[0]
+
+
+def test_fsck_and_cat_detect_a_flipped_bit(tmp_path):
+    vault, pw, _ = init_vault(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "chat.txt").write_bytes(b"x" * 100_000)
+    run("import", src, vault, "--password-file", pw)
+    path = _single_block(vault)
+    with open(path, "r+b") as f:
+        f.seek(70_000)
+        byte = f.read(1)
+        f.seek(70_000)
+        f.write(bytes([byte[0] ^ 1]))
+    fsck = run("fsck", vault, "--password-file", pw, check=False)
+    assert fsck.returncode == CorruptData.exit_code
+    assert "block 1 failed authentication" in fsck.stdout
+    cat = run("cat", vault, "chat.txt", "--password-file", pw, check=False)
+    assert cat.returncode == CorruptData.exit_code and cat.stdout == ""
+    export = run("export", vault, tmp_path / "out", "--password-file", pw, check=False)
+    assert export.returncode == CorruptData.exit_code
+    assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_wrong_password_and_wrong_key(tmp_path):
+    vault, pw, key = init_vault(tmp_path)
+    before = {p: p.read_bytes() for p in vault.iterdir()}
+    bad = tmp_path / "bad.pw"
+    bad.write_text("not the password\n")
+    result = run("ls", vault, "--password-file", bad, check=False)
+    assert result.returncode == WrongSecret.exit_code and "wrong password" in result.stderr
+    other_vault, _, other_key = init_vault(tmp_path, name="other")
+    result = run("ls", vault, "--key-file", other_key, check=False)
+    assert result.returncode == WrongSecret.exit_code and "wrong key" in result.stderr
+    assert {p: p.read_bytes() for p in vault.iterdir()} == before
+
+
+@pytest.mark.parametrize("text", ["1234", "zz" * 32, "0" * 63, "0" * 65])
+def test_malformed_key_rejected(tmp_path, text):
+    vault, _, key = init_vault(tmp_path)
+    key.write_text(text)
+    result = run("ls", vault, "--key-file", key, check=False)
+    assert result.returncode == 14 and "64 hex digits" in result.stderr
+
+
+def test_weak_password_refused_unless_allowed(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("password123\n")
+    result = run("init", tmp_path / "v", *FAST_KDF, "--password-file", pw, check=False)
+    assert result.returncode == WeakPassword.exit_code and "too weak" in result.stderr
+    assert not (tmp_path / "v").exists()
+    run("init", tmp_path / "v", *FAST_KDF, "--password-file", pw, "--allow-weak-password")
+    assert run("ls", tmp_path / "v", "--password-file", pw).returncode == 0
+
+
+def test_no_secret_and_no_terminal(tmp_path):
+    vault, _, _ = init_vault(tmp_path)
+    result = subprocess.run(["setsid", "--wait", *_python_e2efs(), "ls", str(vault)], capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == SecretInputError.exit_code and "--password-file" in result.stderr
+
+
+def _python_e2efs():
+    import sys
+    return [sys.executable, "-m", "e2efs"]
+
+
+def test_bad_vaults(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD)
+    missing = run("ls", tmp_path / "nowhere", "--password-file", pw, check=False)
+    assert missing.returncode == VaultNotFound.exit_code and "no vault" in missing.stderr
+    (tmp_path / "plain").mkdir()
+    not_vault = run("ls", tmp_path / "plain", "--password-file", pw, check=False)
+    assert not_vault.returncode == VaultNotFound.exit_code
+    vault, pw, _ = init_vault(tmp_path)
+    for name in ("e2efs.vault", "e2efs.vault.bak"):
+        (vault / name).write_text('{"format": "e2efs", "version": 1, "block_si')
+    corrupt = run("ls", vault, "--password-file", pw, check=False)
+    assert corrupt.returncode == VaultCorrupt.exit_code and "not valid JSON" in corrupt.stderr
+    assert len(corrupt.stderr.strip().splitlines()) == 1
+
+
+def test_newer_vault_version_refused(tmp_path):
+    vault, pw, _ = init_vault(tmp_path)
+    for name in ("e2efs.vault", "e2efs.vault.bak"):
+        doc = json.loads((vault / name).read_text())
+        doc["version"] = 2
+        (vault / name).write_text(json.dumps(doc))
+    result = run("ls", vault, "--password-file", pw, check=False)
+    assert result.returncode == 12 and "upgrade e2efs" in result.stderr
+
+
+def test_one_damaged_vault_copy_is_survived(tmp_path, realistic_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", realistic_tree, vault, "--password-file", pw)
+    (vault / "e2efs.vault").write_text("garbage")
+    result = run("ls", vault, "--password-file", pw)
+    assert "msgstore.db" in result.stdout and "warning" in result.stderr
+
+
+def test_export_into_non_empty_folder_refused(tmp_path):
+    vault, pw, _ = init_vault(tmp_path)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    result = run("export", vault, dest, "--password-file", pw, check=False)
+    assert result.returncode == DestinationNotEmpty.exit_code
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"]
+
+
+def test_init_refuses_non_empty_folder(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "x").write_text("x")
+    result = run("init", tmp_path / "v", "--key-only", check=False)
+    assert result.returncode == DestinationNotEmpty.exit_code
+
+
+def test_unreadable_source_file():
+    """Run as an unprivileged user so that a mode-000 file really is unreadable."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as an unprivileged user")
+    work = tempfile.mkdtemp(prefix="e2efs-unreadable-")
+    try:
+        os.chmod(work, 0o777)
+        from pathlib import Path
+        w = Path(work)
+        src = w / "src"
+        (src / "Media").mkdir(parents=True)
+        (src / "Media" / "a.jpg").write_bytes(b"readable")
+        (src / "Media" / "locked.db").write_bytes(b"can't read me")
+        os.chmod(src / "Media" / "locked.db", 0)
+        subprocess.run(["chown", "-R", "65534:65534", work], check=True)
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *_python_e2efs()]
+        env = {**os.environ, "HOME": work}
+        out = subprocess.run([*user, "init", str(w / "v"), "--key-only", "--json", *FAST_KDF], check=True,
+                             env=env, capture_output=True, text=True, cwd=work).stdout
+        key = w / "k"
+        key.write_text(json.loads(out)["recovery_key"])
+        done = subprocess.run([*user, "import", str(src), str(w / "v"), "--key-file", str(key)],
+                              capture_output=True, text=True, env=env, cwd=work)
+        assert done.returncode == IOFailure.exit_code, done.stderr
+        assert "locked.db" in done.stderr and "Permission denied" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not [f for _, _, fs in os.walk(w / "v") for f in fs if f.startswith(".e2efs-tmp-")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
