@@ -15,9 +15,11 @@ import os
 from dataclasses import dataclass, field
 
 from . import crypto
-from .blocks import Layout
+from .blocks import HEADER_LEN, Layout
+from .content import Header
 from .crypto import Keys
-from .errors import VaultCorrupt, VaultNotFound, VaultTooNew, WrongSecret, IOFailure, NoSpace
+from .errors import CorruptData, VaultCorrupt, VaultNotFound, VaultTooNew, WrongSecret, IOFailure, NoSpace
+from .names import Kind, parse_backing_name
 
 VAULT_FILE = "e2efs.vault"
 VAULT_BACKUP = "e2efs.vault.bak"
@@ -265,8 +267,24 @@ class LockedVault:
 def open_with_key_only(root: str, master: bytes) -> Vault:
     """For restores where both vault files are lost: K alone opens the tree."""
     keys = Keys(master)
-    return Vault(root, VaultFile(FORMAT_VERSION, DEFAULT_BLOCK_SIZE, key_check(master)), keys,
+    return Vault(root, VaultFile(FORMAT_VERSION, _block_size_from_files(root), key_check(master)), keys,
                  ["no vault file found: opening the tree with the key alone (read-only use)"])
+
+
+def _block_size_from_files(root: str) -> int:
+    """The block size recorded in the first readable content header (the vault file that
+    held it is lost); a forged header only makes that file fail authentication."""
+    for directory, _, files in os.walk(root):
+        for name in sorted(files):
+            parsed = parse_backing_name(name)
+            if parsed is None or parsed.kind is Kind.DIR:
+                continue
+            try:
+                with open(os.path.join(directory, name), "rb") as f:
+                    return Header.parse(f.read(HEADER_LEN), name).layout.block_size
+            except (OSError, CorruptData):
+                continue
+    return DEFAULT_BLOCK_SIZE
 
 
 def atomic_write(path: str, data: bytes) -> None:

@@ -43,3 +43,15 @@ def read_file(path, keys: Keys) -> bytes:
         return f.read(0, f.size)
     finally:
         os.close(f.fd)
+
+
+def edit_vault_json(root, edit, names=("e2efs.vault", "e2efs.vault.bak")) -> None:
+    """Apply ``edit(doc)`` to the JSON of the named vault file copies, keeping the old MAC."""
+    import json
+    for name in names:
+        path = os.path.join(root, name)
+        with open(path) as f:
+            doc = json.load(f)
+        edit(doc)
+        with open(path, "w") as f:
+            json.dump(doc, f)
