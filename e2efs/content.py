@@ -230,7 +230,8 @@ class ContentFile:
         if not self._dirty and self._flushed_size == self._size and self._disk_final == last:
             return
         self._seal_all_before(last)
-        self._put(last, self._current(last), final=True)
+        if last in self._dirty or self._disk_final != last or self._flushed_size != self._size:
+            self._put(last, self._current(last), final=True)    # else it is on disk already
         self._dirty.pop(last, None)
         os.ftruncate(self.fd, expected)
         self._disk_blocks, self._disk_final = last + 1, last
