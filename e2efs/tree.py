@@ -86,6 +86,22 @@ class Tree:
     def invalidate(self, d: Dir) -> None:
         self._listings.pop(d.path, None)
 
+    def _record(self, d: Dir, name: bytes | None = None, entry: Entry | None = None) -> None:
+        """Apply our own change to the cached listing of ``d`` instead of
+        dropping it: a directory receiving thousands of new files is then
+        scanned once, not once per file.  Callers validate the cache (``entries``)
+        before changing the directory, so only our own change is blessed."""
+        cached = self._listings.get(d.path)
+        if cached is None:
+            return
+        listing = cached[1]
+        if name is not None:
+            if entry is None:
+                listing.pop(name, None)
+            else:
+                listing[name] = entry
+        self._listings[d.path] = (os.stat(d.path).st_mtime_ns, listing)
+
     def _scan(self, d: Dir) -> dict[bytes, Entry]:
         found: dict[bytes, Entry] = {}
         for fname in sorted(os.listdir(d.path)):
@@ -125,6 +141,7 @@ class Tree:
         """Name a new entry (writing its side record if the name is long); a new
         directory gets a fresh random ID unless it keeps ``dir_id``."""
         check_name(name)
+        self.entries(d)
         if kind is Kind.DIR and dir_id is None:
             dir_id = os.urandom(DIR_ID_LEN)
         backing, long_stem = self.names.backing_name(d.id, name, kind, dir_id)
@@ -134,6 +151,7 @@ class Tree:
             with open(tmp, "x") as f:
                 f.write(long_stem)
             os.replace(tmp, os.path.join(d.path, side_record_name(short)))
+            self._record(d)
         return Entry(name, backing, kind, dir_id)
 
     def _forget_side_record(self, d: Dir, entry: Entry) -> None:
@@ -146,17 +164,27 @@ class Tree:
                     os.unlink(os.path.join(d.path, side_record_name(parsed.stem)))
                 except FileNotFoundError:
                     pass
+                self._record(d)
 
     def mkdir(self, d: Dir, name: bytes, mode: int = 0o777) -> Entry:
         entry = self.new_entry(d, name, Kind.DIR)
         os.mkdir(self.path(d, entry), mode)
-        self.invalidate(d)
+        self._record(d, name, entry)
         return entry
 
     def temp_file(self, d: Dir, mode: int = 0o600) -> tuple[str, int]:
         """A fresh, empty temporary file beside the entries of ``d`` (path, fd)."""
+        self.entries(d)
         path = os.path.join(d.path, TEMP_PREFIX + os.urandom(8).hex())
-        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        self._record(d)
+        return path, fd
+
+    def discard_temp(self, d: Dir, temp_path: str) -> None:
+        """Delete a temporary file that will never be committed."""
+        self.entries(d)
+        os.unlink(temp_path)
+        self._record(d)
 
     def commit(self, d: Dir, temp_path: str, name: bytes, kind: Kind = Kind.FILE) -> Entry:
         """Rename a completed temporary file into place as ``name``, replacing
@@ -164,9 +192,11 @@ class Tree:
         old = self.lookup(d, name)
         entry = self.new_entry(d, name, kind) if old is None or old.kind is not kind else old
         os.replace(temp_path, self.path(d, entry))
+        self._record(d, name, entry)
         if old is not None and old.backing != entry.backing:
-            self.remove(d, old)
-        self.invalidate(d)
+            os.unlink(self.path(d, old))
+            self._record(d)
+            self._forget_side_record(d, old)
         return entry
 
     def write_file(self, d: Dir, name: bytes, chunks, mode: int = 0o644, kind: Kind = Kind.FILE) -> Entry:
@@ -197,14 +227,16 @@ class Tree:
 
     def remove(self, d: Dir, entry: Entry) -> None:
         """Unlink a non-directory entry (and its side record)."""
+        self.entries(d)
         os.unlink(self.path(d, entry))
+        self._record(d, entry.name)
         self._forget_side_record(d, entry)
-        self.invalidate(d)
 
     def rmdir(self, d: Dir, entry: Entry) -> None:
+        self.entries(d)
         os.rmdir(self.path(d, entry))
+        self._record(d, entry.name)
         self._forget_side_record(d, entry)
-        self.invalidate(d)
 
     def rename(self, src: Dir, entry: Entry, dst: Dir, new_name: bytes) -> Entry:
         """Move ``entry`` to ``dst``/``new_name``, replacing a target as rename(2) does
@@ -217,16 +249,17 @@ class Tree:
             else:
                 self.remove(dst, target)
         if (src.path, entry.backing) != (dst.path, moved.backing):
+            self.entries(src)
             os.replace(self.path(src, entry), self.path(dst, moved))
+            self._record(src, entry.name)
+            self._record(dst, new_name, moved)
             self._forget_side_record(src, entry)
-        self.invalidate(src)
-        self.invalidate(dst)
         return moved
 
     def link(self, d: Dir, entry: Entry, dst: Dir, new_name: bytes) -> Entry:
         linked = self.new_entry(dst, new_name, entry.kind)
         os.link(self.path(d, entry), self.path(dst, linked))
-        self.invalidate(dst)
+        self._record(dst, new_name, linked)
         return linked
 
     # -- content --------------------------------------------------------------

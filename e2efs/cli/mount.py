@@ -1,5 +1,218 @@
-"""mount / unmount / status: placeholder until the mount lands."""
+"""mount / unmount (lock) / status.
+
+``mount`` unlocks in the foreground (a wrong secret fails at once), checks the
+mount point, then forks: the child mounts and reports through a pipe, and the
+parent returns to the shell only once the mount is live, or prints the
+child's one-line error.
+"""
+
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+
+from ..errors import E2efsError, FuseUnavailable, MountFailed, MountpointError, UsageError
+from ..fs import registry
+from ..fs.mountpoint import fstype, fusermount, is_mounted
+from .secrets import add_secret_options, unlock
+
+log = logging.getLogger("e2efs")
+
+UNMOUNT_WAIT_SECONDS = 120
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 60, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_idle(text: str) -> float:
+    """'15m', '30s', '2h', '0' (never); a bare number is minutes."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    if not m:
+        raise UsageError(f"not a duration: {text!r} (examples: 30s, 15m, 2h)")
+    return float(m[1]) * _UNIT_SECONDS[m[2]]
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("mount", help="unlock a vault and mount it as a folder")
+    p.add_argument("vault", help="the vault folder")
+    p.add_argument("mountpoint", help="an empty folder where the plaintext appears")
+    p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
+    p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--idle", metavar="TIME", default="0", help="lock after TIME without access (e.g. 15m; 0 = never)")
+    p.add_argument("--allow-other", action="store_true", help="let other users access the mount (needs user_allow_other)")
+    p.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
+    add_secret_options(p)
+    p.set_defaults(func=cmd_mount)
+    for name in ("unmount", "lock"):
+        u = sub.add_parser(name, help="flush everything, unmount and lock" + (" (same as unmount)" if name == "lock" else ""))
+        u.add_argument("mountpoint")
+        u.set_defaults(func=cmd_unmount)
+    s = sub.add_parser("status", help="list mounted vaults")
+    s.set_defaults(func=cmd_status)
+
+
+# -- mount --------------------------------------------------------------------
+
+def check_fuse() -> None:
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        raise FuseUnavailable(f"FUSE is not available: cannot open /dev/fuse ({exc.strerror})") from None
+    if shutil.which("fusermount3") is None:
+        raise FuseUnavailable("FUSE is not available: fusermount3 not found (install the fuse3 package)")
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    state = is_mounted(mountpoint)
+    if state == "stale":
+        log.warning("cleaning a stale mount at %s", mountpoint)
+        fusermount(mountpoint, lazy=True)
+        state = is_mounted(mountpoint)
+    if state is not None:
+        raise MountpointError(f"{mountpoint} is already a mount point")
+    if not os.path.exists(mountpoint):
+        raise MountpointError(f"mount point {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise MountpointError(f"mount point {mountpoint} is not a directory")
+    try:
+        if os.listdir(mountpoint):
+            raise MountpointError(f"mount point {mountpoint} is not empty")
+    except PermissionError:
+        raise MountpointError(f"mount point {mountpoint} is not readable") from None
+
+
+def _setup_log(path: str | None) -> None:
+    logger = logging.getLogger("e2efs")
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s e2efs[%(process)d] %(levelname)s %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def cmd_mount(args) -> int:
+    from ..fs import daemon          # pyfuse3 is imported only by the commands that mount
+
+    vault_root = os.path.abspath(args.vault)
+    mountpoint = os.path.realpath(args.mountpoint)
+    idle = parse_idle(args.idle)
+    check_fuse()
+    check_mountpoint(mountpoint)
+    vault = unlock(args, vault_root)
+    for warning in vault.warnings:
+        print(f"e2efs: warning: {warning}", file=sys.stderr)
+    log_file = os.path.abspath(args.log) if args.log else None
+    options = dict(read_only=args.read_only, allow_other=args.allow_other, idle_seconds=idle)
+
+    if args.foreground:
+        _setup_log(log_file)
+
+        def ready():
+            registry.add(mountpoint, vault_root, os.getpid(), log_file)
+            print(f"mounted {vault_root} at {mountpoint}", flush=True)
+        try:
+            daemon.run(vault, mountpoint, ready=ready, **options)
+        finally:
+            registry.remove(mountpoint, os.getpid())
+        return 0
+    return _daemonize(daemon, vault, vault_root, mountpoint, log_file or registry.log_path(mountpoint), options)
+
+
+def _daemonize(daemon, vault, vault_root: str, mountpoint: str, log_file: str, options: dict) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        os._exit(_child(daemon, vault, vault_root, mountpoint, log_file, options, wfd))
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as pipe:
+        report = pipe.read().decode(errors="replace")
+    code, _, message = report.partition(" ")
+    if code == "0":
+        print(f"mounted {vault_root} at {mountpoint}")
+        return 0
+    if not code:
+        raise MountFailed(f"the mount daemon exited before mounting; see {log_file}")
+    print(f"e2efs: {message}", file=sys.stderr)
+    return int(code)
+
+
+def _child(daemon, vault, vault_root, mountpoint, log_file, options, wfd) -> int:
+    """The daemon process: never returns into the CLI, reports once through ``wfd``."""
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        os.chdir("/")
+        _setup_log(log_file)
+
+        def ready():
+            registry.add(mountpoint, vault_root, os.getpid(), log_file)
+            os.write(wfd, b"0 ok")
+            os.close(wfd)
+        try:
+            daemon.run(vault, mountpoint, ready=ready, **options)
+        finally:
+            registry.remove(mountpoint, os.getpid())
+        return 0
+    except E2efsError as exc:
+        _report(wfd, f"{exc.exit_code} {exc}")
+        return exc.exit_code
+    except BaseException as exc:
+        logging.getLogger("e2efs").exception("daemon failed")
+        _report(wfd, f"{MountFailed.exit_code} the mount daemon failed: {type(exc).__name__}")
+        return MountFailed.exit_code
+
+
+def _report(wfd: int, text: str) -> None:
+    try:
+        os.write(wfd, text.encode())
+        os.close(wfd)
+    except OSError:
+        pass                # already reported "ok"
+
+
+# -- unmount / status ------------------------------------------------------------
+
+def cmd_unmount(args) -> int:
+    mountpoint = os.path.realpath(args.mountpoint)
+    state = is_mounted(mountpoint)
+    if state == "stale":
+        fusermount(mountpoint, lazy=True)
+        registry.remove(mountpoint)
+        print(f"cleaned the stale mount at {mountpoint} (its daemon had died)")
+        return 0
+    if state is None:
+        registry.remove(mountpoint)
+        raise MountpointError(f"{mountpoint} is not mounted")
+    if fstype(mountpoint) != "fuse.e2efs":
+        raise MountpointError(f"{mountpoint} is not an e2efs mount")
+    entry = registry.find(mountpoint)
+    done = fusermount(mountpoint)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        raise MountpointError(f"cannot unmount {mountpoint}: {reason}")
+    if entry is not None:
+        deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
+        while registry.process_alive(entry["pid"]):
+            if time.monotonic() > deadline:
+                raise MountFailed(f"unmounted {mountpoint}, but its daemon (pid {entry['pid']}) is still writing")
+            time.sleep(0.02)
+        registry.remove(mountpoint)
+    print(f"unmounted {mountpoint}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    mounts = registry.live_mounts()
+    if not mounts:
+        print("no vault is mounted")
+    for m in mounts:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["since"]))
+        print(f"{m['mountpoint']}\t{m['vault']}\tpid {m['pid']}\tsince {since}")
+    return 0

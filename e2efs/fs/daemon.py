@@ -1,0 +1,78 @@
+"""Running one mount: pyfuse3 session, trio loop, signals and the idle lock.
+
+``run`` returns only after the file system is unmounted and every open file
+has been flushed and committed to the vault.
+"""
+
+import logging
+import os
+import signal
+import time
+
+import pyfuse3
+import trio
+
+from ..errors import MountFailed
+from ..tree import Tree
+from ..vault import Vault
+from .operations import Operations
+
+log = logging.getLogger("e2efs")
+
+IDLE_CHECK_SECONDS = 5.0
+
+
+def mount_options(read_only: bool, allow_other: bool) -> set[str]:
+    options = set(pyfuse3.default_options) | {"fsname=e2efs", "subtype=e2efs", "auto_unmount"}
+    if read_only:
+        options.add("ro")
+    if allow_other:
+        options.add("allow_other")
+    return options
+
+
+def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
+        idle_seconds: float = 0, ready=lambda: None) -> None:
+    """Mount, call ``ready()`` once the mount is live, serve until unmounted."""
+    os.umask(0)        # modes are stored exactly as the kernel hands them to us
+    ops = Operations(Tree(vault), read_only)
+    try:
+        pyfuse3.init(ops, mountpoint, mount_options(read_only, allow_other))
+    except RuntimeError as exc:
+        raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
+    try:
+        ready()
+        trio.run(_serve, ops, idle_seconds)
+    finally:
+        try:
+            ops.files.close_all()
+        finally:
+            pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)
+
+
+async def _serve(ops: Operations, idle_seconds: float) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals)
+        if idle_seconds:
+            nursery.start_soon(_lock_when_idle, ops, idle_seconds)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+async def _lock_when_idle(ops: Operations, idle_seconds: float) -> None:
+    while True:
+        await trio.sleep(min(idle_seconds, IDLE_CHECK_SECONDS))
+        idle = time.monotonic() - ops.last_access
+        if idle >= idle_seconds and not ops.files.files:
+            log.info("idle for %.0f s: locking", idle)
+            pyfuse3.terminate()
+            return

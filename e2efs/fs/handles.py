@@ -1,0 +1,109 @@
+"""Open files: one ContentFile per inode, shared by every handle on it.
+
+Sharing one object means two processes on one file see one size, one set of
+buffered blocks, and each block is encrypted once.  The file handle FUSE gets
+is the inode number.  A file that is new or was opened with O_TRUNC lives in a
+temporary file until ``commit`` renames it into place (release, fsync,
+rename, link), so a crash mid-write leaves the previous version intact.
+"""
+
+import os
+from dataclasses import dataclass
+
+from ..content import ContentFile
+from ..tree import Tree
+from .inodes import InodeTable, Node
+
+
+@dataclass(eq=False)
+class OpenFile:
+    node: Node
+    content: ContentFile
+    refs: int = 1
+    # times set explicitly (utimens) after the last write: re-applied after
+    # flushing, which would otherwise move the backing mtime to "now"
+    times: tuple[int, int] | None = None
+
+    @property
+    def fd(self) -> int:
+        return self.content.fd
+
+
+class OpenFiles:
+    def __init__(self, tree: Tree, inodes: InodeTable, read_only: bool):
+        self.tree = tree
+        self.inodes = inodes
+        self.read_only = read_only
+        self.files: dict[int, OpenFile] = {}
+
+    def get(self, ino: int) -> OpenFile:
+        return self.files[ino]
+
+    def open(self, node: Node) -> OpenFile:
+        of = self.files.get(node.ino)
+        if of is not None:
+            of.refs += 1
+            return of
+        # read-write even for O_WRONLY/O_RDONLY: the writeback cache reads
+        # partial pages of write-only files
+        content = self.tree.open_content(self.inodes.path(node), writable=not self.read_only)
+        of = self.files[node.ino] = OpenFile(node, content)
+        return of
+
+    def open_new(self, node: Node, parent: int, mode: int, owner: tuple[int, int] | None) -> OpenFile:
+        """Start ``node``'s content afresh in a new temp file in ``parent``."""
+        d = self.inodes.dir(parent)
+        temp, fd = self.tree.temp_file(d, mode)
+        try:
+            if owner is not None:
+                os.chown(fd, *owner)
+            content = ContentFile.create(fd, self.tree.keys, self.tree.layout.block_size, temp)
+        except BaseException:
+            os.close(fd)
+            self.tree.discard_temp(d, temp)
+            raise
+        node.temp = (parent, os.path.basename(temp))
+        self.inodes.set_backing(node, os.fstat(fd).st_ino)
+        of = self.files[node.ino] = OpenFile(node, content)
+        return of
+
+    def flush(self, of: OpenFile) -> None:
+        of.content.flush()
+        if of.times is not None:
+            os.utime(of.fd, ns=of.times)
+
+    def commit(self, of: OpenFile) -> None:
+        """Flush, and rename a temp file into place under the node's name
+        (or delete it if every name of the node was unlinked meanwhile)."""
+        self.flush(of)
+        node = of.node
+        if node.temp is None:
+            return
+        temp = self.inodes.path(node)
+        temp_dir = self.inodes.dir(node.temp[0])
+        node.temp = None
+        if not node.links:
+            self.tree.discard_temp(temp_dir, temp)
+            return
+        parent, name = link = node.link
+        d = self.inodes.dir(parent)
+        entry = self.tree.commit(d, temp, name, node.kind)
+        self.inodes.add_link(node, link, entry.backing)
+        of.content.label = self.tree.path(d, entry)
+
+    def release(self, ino: int) -> None:
+        of = self.files[ino]
+        of.refs -= 1
+        if of.refs:
+            return
+        try:
+            self.commit(of)
+        finally:
+            del self.files[ino]
+            os.close(of.fd)
+
+    def close_all(self) -> None:
+        """At unmount: every file still open reaches the vault."""
+        for ino in list(self.files):
+            self.files[ino].refs = 1
+            self.release(ino)

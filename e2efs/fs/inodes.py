@@ -1,0 +1,138 @@
+"""The inode table: FUSE inode numbers to entries of the ciphertext tree.
+
+A node remembers only its links (parent inode, plaintext name -> backing
+name), never a full path: paths are rebuilt by walking parents, so renaming a
+directory rewrites nothing below it.  Inode numbers are our own counter; the
+backing file's st_ino maps to them, so hard links share one inode and a file
+whose content was replaced by a committed temporary file keeps its number.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+from ..names import ROOT_DIR_ID, Kind
+from ..tree import Dir, Entry, Tree
+
+Link = tuple[int, bytes]            # (parent inode, plaintext name)
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    kind: Kind
+    dir_id: bytes | None = None
+    # backing name per link; None while a new file exists only as its temp file
+    links: dict[Link, str | None] = field(default_factory=dict)
+    lookups: int = 0
+    temp: tuple[int, str] | None = None   # (parent inode, temp name) until committed
+    backing_ino: int | None = None
+    special: tuple[int, int] | None = None   # (file type bits, rdev) of a NODE
+
+    @property
+    def link(self) -> Link:
+        return next(iter(self.links))
+
+
+class InodeTable:
+    def __init__(self, tree: Tree):
+        self.tree = tree
+        self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, Kind.DIR, ROOT_DIR_ID)}
+        self._children: dict[Link, int] = {}
+        self._by_backing: dict[int, int] = {}
+        self._next = pyfuse3.ROOT_INODE + 1
+
+    def get(self, ino: int) -> Node:
+        node = self.nodes.get(ino)
+        if node is None:
+            raise FileNotFoundError(f"inode {ino} is unknown")
+        return node
+
+    # -- paths --------------------------------------------------------------
+
+    def dir(self, ino: int) -> Dir:
+        node = self.get(ino)
+        if ino == pyfuse3.ROOT_INODE:
+            return self.tree.root
+        (parent, _), backing = next(iter(node.links.items()))
+        return Dir(os.path.join(self.dir(parent).path, backing), node.dir_id)
+
+    def path(self, node: Node) -> str:
+        """Where the node's bytes are now (its temp file while uncommitted)."""
+        if node.temp is not None:
+            return os.path.join(self.dir(node.temp[0]).path, node.temp[1])
+        if node.ino == pyfuse3.ROOT_INODE:
+            return self.tree.root.path
+        for (parent, _), backing in node.links.items():
+            if backing is not None:
+                return os.path.join(self.dir(parent).path, backing)
+        raise FileNotFoundError(f"inode {node.ino} has no name left")
+
+    def entry(self, node: Node, link: Link) -> Entry:
+        return Entry(link[1], node.links[link], node.kind, node.dir_id)
+
+    # -- finding and naming nodes ----------------------------------------------
+
+    def child(self, parent: int, name: bytes) -> Node | None:
+        """The node called ``name`` in ``parent`` (lookup count unchanged)."""
+        ino = self._children.get((parent, name))
+        if ino is not None:
+            return self.nodes[ino]
+        entry = self.tree.lookup(self.dir(parent), name)
+        if entry is None:
+            return None
+        d = self.dir(parent)
+        st = os.lstat(self.tree.path(d, entry))
+        node = self.nodes.get(self._by_backing.get(st.st_ino, 0))
+        if node is None or node.kind is not entry.kind:
+            node = self.new(entry.kind, entry.dir_id)
+            self.set_backing(node, st.st_ino)
+        self.add_link(node, (parent, name), entry.backing)
+        return node
+
+    def new(self, kind: Kind, dir_id: bytes | None = None) -> Node:
+        node = Node(self._next, kind, dir_id)
+        self._next += 1
+        self.nodes[node.ino] = node
+        return node
+
+    def set_backing(self, node: Node, backing_ino: int) -> None:
+        if node.backing_ino is not None:
+            self._by_backing.pop(node.backing_ino, None)
+        node.backing_ino = backing_ino
+        self._by_backing[backing_ino] = node.ino
+
+    def add_link(self, node: Node, link: Link, backing: str | None) -> None:
+        node.links[link] = backing
+        self._children[link] = node.ino
+
+    def drop_link(self, node: Node, link: Link) -> None:
+        node.links.pop(link, None)
+        if self._children.get(link) == node.ino:
+            del self._children[link]
+        if not node.links and node.backing_ino is not None:
+            # the backing inode number may be reused by a new file from now on
+            self._by_backing.pop(node.backing_ino, None)
+            node.backing_ino = None
+
+    def pending_names(self, parent: int) -> list[bytes]:
+        """Names of new files in ``parent`` that exist only as temp files."""
+        return [name for (p, name), ino in self._children.items()
+                if p == parent and self.nodes[ino].links.get((p, name), "") is None]
+
+    def forget(self, ino: int, count: int, is_open: bool) -> None:
+        node = self.nodes.get(ino)
+        if node is None or ino == pyfuse3.ROOT_INODE:
+            return
+        node.lookups = max(0, node.lookups - count)
+        if node.lookups == 0 and not is_open:
+            self.evict(node)
+
+    def evict(self, node: Node) -> None:
+        """Drop a node the kernel no longer knows; the tree still holds it."""
+        for link in list(node.links):
+            self.drop_link(node, link)
+        if node.backing_ino is not None:
+            self._by_backing.pop(node.backing_ino, None)
+        self.nodes.pop(node.ino, None)

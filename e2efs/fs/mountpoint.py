@@ -1,0 +1,40 @@
+"""Mount point checks: live, stale ("Transport endpoint is not connected"), free."""
+
+import errno
+import os
+import subprocess
+
+
+def is_mounted(path: str) -> str | None:
+    """"live", "stale" (dead FUSE daemon) or None."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return "stale"
+        return None
+    return "live" if os.path.ismount(path) else None
+
+
+def fstype(path: str) -> str | None:
+    """The file system type /proc/self/mounts gives for ``path``."""
+    try:
+        with open("/proc/self/mounts") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and _unescape(fields[1]) == path:
+            found = fields[2]
+    return found
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def fusermount(path: str, lazy: bool = False) -> subprocess.CompletedProcess:
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + ["--", path]
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,430 @@
+"""The pyfuse3 handlers: thin glue from FUSE requests to the tree and open files.
+
+Every handler runs inside ``_guarded``: pyfuse3 ends the whole session on any
+exception that is not a FUSEError, so OSErrors become their errno, corrupt
+ciphertext becomes EIO with one log line naming the ciphertext path, and
+anything unexpected becomes EIO with a traceback in the log.
+"""
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from ..errors import CorruptData
+from ..names import Kind, check_name
+from ..tree import TEMP_PREFIX, Tree
+from .handles import OpenFiles
+from .inodes import InodeTable, Node
+
+log = logging.getLogger("e2efs")
+
+TIMEOUT = 1.0            # the mount is the only writer: let the kernel cache
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_TYPE_OF_KIND = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
+
+
+def _guarded(fn):
+    @functools.wraps(fn)
+    async def handler(self, *args):
+        self.last_access = time.monotonic()
+        try:
+            return fn(self, *args)
+        except FUSEError:
+            raise
+        except CorruptData as exc:
+            log.error("%s: %s", fn.__name__, exc)
+            raise FUSEError(errno.EIO) from None
+        except OSError as exc:
+            if exc.errno is None:
+                log.exception("%s failed", fn.__name__)
+            raise FUSEError(exc.errno or errno.EIO) from None
+        except OverflowError:           # names > 255 bytes, symlink targets > 4095
+            raise FUSEError(errno.ENAMETOOLONG) from None
+        except ValueError:              # invalid name
+            raise FUSEError(errno.EINVAL) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+    return handler
+
+
+def _fail(code: int):
+    raise FUSEError(code)
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self, tree: Tree, read_only: bool = False):
+        super().__init__()
+        self.tree = tree
+        self.read_only = read_only
+        self.inodes = InodeTable(tree)
+        self.files = OpenFiles(tree, self.inodes, read_only)
+        self.last_access = time.monotonic()
+        self._dir_handles: dict[int, tuple[int, list[bytes]]] = {}
+        self._next_dir_handle = 1
+        self._owner = os.geteuid() == 0
+
+    # -- helpers --------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FUSEError(errno.EROFS)
+
+    def _child(self, parent: int, name: bytes) -> Node:
+        node = self.inodes.child(parent, name)
+        return node if node is not None else _fail(errno.ENOENT)
+
+    def _absent(self, parent: int, name: bytes) -> None:
+        check_name(name)
+        if self.inodes.child(parent, name) is not None:
+            raise FUSEError(errno.EEXIST)
+
+    def _chown(self, path_or_fd, ctx) -> None:
+        if self._owner:
+            os.chown(path_or_fd, ctx.uid, ctx.gid, follow_symlinks=False)
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        of = self.files.files.get(node.ino)
+        st = os.fstat(of.fd) if of else os.lstat(self.inodes.path(node))
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        if node.kind is Kind.DIR:
+            a.st_mode, size = stat.S_IFDIR | stat.S_IMODE(st.st_mode), st.st_size
+        else:
+            size = of.content.size if of else (self.tree.layout.plaintext_size(st.st_size) or 0)
+            if node.kind is Kind.SYMLINK:
+                a.st_mode = stat.S_IFLNK | 0o777
+            elif node.kind is Kind.NODE:
+                fmt, a.st_rdev = self._special(node)
+                a.st_mode, size = fmt | stat.S_IMODE(st.st_mode), 0
+            else:
+                a.st_mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
+        a.st_size = size
+        a.st_nlink = st.st_nlink
+        a.st_uid, a.st_gid = st.st_uid, st.st_gid
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        a.st_blksize = self.tree.layout.block_size
+        a.st_blocks = -(-size // 512)
+        a.attr_timeout = a.entry_timeout = TIMEOUT
+        return a
+
+    def _special(self, node: Node) -> tuple[int, int]:
+        if node.special is None:
+            node.special = self.tree.node_info(self.inodes.dir(node.link[0]), self.inodes.entry(node, node.link))
+        return node.special
+
+    def _looked_up(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = self._attrs(node)
+        node.lookups += 1
+        return attrs
+
+    def _new_entry(self, parent: int, name: bytes, entry, ctx) -> pyfuse3.EntryAttributes:
+        """Register an entry this mount just created and answer with its attributes."""
+        d = self.inodes.dir(parent)
+        path = self.tree.path(d, entry)
+        self._chown(path, ctx)
+        node = self.inodes.new(entry.kind, entry.dir_id)
+        self.inodes.set_backing(node, os.lstat(path).st_ino)
+        self.inodes.add_link(node, (parent, name), entry.backing)
+        return self._looked_up(node)
+
+    def _commit_pending(self, node: Node) -> None:
+        if node.temp is not None:
+            self.files.commit(self.files.get(node.ino))
+
+    # -- lookup and attributes ----------------------------------------------------
+
+    @_guarded
+    def lookup(self, parent_inode, name, ctx):
+        if name == b".":
+            return self._looked_up(self.inodes.get(parent_inode))
+        if name == b"..":
+            node = self.inodes.get(parent_inode)
+            return self._looked_up(self.inodes.get(node.link[0]) if node.links else node)
+        if len(name) > 255:
+            raise FUSEError(errno.ENAMETOOLONG)
+        return self._looked_up(self._child(parent_inode, name))
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            try:
+                self.inodes.forget(ino, count, ino in self.files.files)
+            except Exception:
+                log.exception("forget failed")
+
+    @_guarded
+    def getattr(self, inode, ctx):
+        return self._attrs(self.inodes.get(inode))
+
+    @_guarded
+    def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable()
+        node = self.inodes.get(inode)
+        of = self.files.files.get(inode)
+        target = of.fd if of else self.inodes.path(node)
+        if fields.update_size:
+            if node.kind is not Kind.FILE:
+                raise FUSEError(errno.EINVAL)
+            if of:
+                of.content.truncate(attr.st_size)
+            else:
+                content = self.tree.open_content(target, writable=True)
+                try:
+                    content.truncate(attr.st_size)
+                    content.flush()
+                finally:
+                    os.close(content.fd)
+        if fields.update_mode and node.kind is not Kind.SYMLINK:
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            os.chown(target, attr.st_uid if fields.update_uid else -1,
+                     attr.st_gid if fields.update_gid else -1, follow_symlinks=False)
+        if fields.update_atime or fields.update_mtime:
+            st = os.stat(target)
+            times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                     attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+            if of:
+                of.content.flush()      # so later flushes have nothing to write
+                of.times = times
+            os.utime(target, ns=times)
+        return self._attrs(node)
+
+    @_guarded
+    def readlink(self, inode, ctx):
+        node = self.inodes.get(inode)
+        if node.kind is not Kind.SYMLINK:
+            raise FUSEError(errno.EINVAL)
+        return self.tree.read_all(self.inodes.path(node))
+
+    @_guarded
+    def statfs(self, ctx):
+        sv = os.statvfs(self.tree.root.path)
+        s = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
+            setattr(s, field, getattr(sv, field))
+        s.f_namemax = 255
+        return s
+
+    # -- directories --------------------------------------------------------------
+
+    @_guarded
+    def opendir(self, inode, ctx):
+        node = self.inodes.get(inode)
+        if node.kind is not Kind.DIR:
+            raise FUSEError(errno.ENOTDIR)
+        names = set(self.tree.entries(self.inodes.dir(inode))) | set(self.inodes.pending_names(inode))
+        fh = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._dir_handles[fh] = (inode, sorted(names))
+        return fh
+
+    @_guarded
+    def readdir(self, fh, start_id, token):
+        parent, names = self._dir_handles[fh]
+        for i in range(start_id, len(names)):
+            node = self.inodes.child(parent, names[i])
+            if node is None:
+                continue                    # removed since opendir
+            if not pyfuse3.readdir_reply(token, names[i], self._attrs(node), i + 1):
+                if node.lookups == 0 and node.ino not in self.files.files:
+                    self.inodes.evict(node)
+                return
+            node.lookups += 1
+
+    @_guarded
+    def releasedir(self, fh):
+        self._dir_handles.pop(fh, None)
+
+    @_guarded
+    def fsyncdir(self, fh, datasync):
+        pass
+
+    @_guarded
+    def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable()
+        self._absent(parent_inode, name)
+        entry = self.tree.mkdir(self.inodes.dir(parent_inode), name, stat.S_IMODE(mode))
+        return self._new_entry(parent_inode, name, entry, ctx)
+
+    @_guarded
+    def rmdir(self, parent_inode, name, ctx):
+        self._writable()
+        node = self._child(parent_inode, name)
+        if node.kind is not Kind.DIR:
+            raise FUSEError(errno.ENOTDIR)
+        d = self.inodes.dir(node.ino)
+        if self.tree.entries(d) or self.inodes.pending_names(node.ino):
+            raise FUSEError(errno.ENOTEMPTY)
+        self._remove_stray_temps(node.ino, d)
+        self.tree.rmdir(self.inodes.dir(parent_inode), self.inodes.entry(node, (parent_inode, name)))
+        self.inodes.drop_link(node, (parent_inode, name))
+
+    def _remove_stray_temps(self, ino: int, d) -> None:
+        """Temp files left by a crash must not make an empty directory unremovable."""
+        in_use = {n.temp[1] for n in (of.node for of in self.files.files.values()) if n.temp and n.temp[0] == ino}
+        if in_use:
+            raise FUSEError(errno.ENOTEMPTY)
+        for fname in os.listdir(d.path):
+            if fname.startswith(TEMP_PREFIX):
+                self.tree.discard_temp(d, os.path.join(d.path, fname))
+
+    # -- names --------------------------------------------------------------------
+
+    @_guarded
+    def unlink(self, parent_inode, name, ctx):
+        self._writable()
+        node = self._child(parent_inode, name)
+        if node.kind is Kind.DIR:
+            raise FUSEError(errno.EISDIR)
+        link = (parent_inode, name)
+        if node.links[link] is not None:
+            self.tree.remove(self.inodes.dir(parent_inode), self.inodes.entry(node, link))
+        self.inodes.drop_link(node, link)
+        if node.lookups == 0 and node.ino not in self.files.files:
+            self.inodes.evict(node)
+
+    @_guarded
+    def symlink(self, parent_inode, name, target, ctx):
+        self._writable()
+        self._absent(parent_inode, name)
+        entry = self.tree.symlink(self.inodes.dir(parent_inode), name, target)
+        return self._new_entry(parent_inode, name, entry, ctx)
+
+    @_guarded
+    def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable()
+        self._absent(parent_inode, name)
+        d = self.inodes.dir(parent_inode)
+        if stat.S_ISREG(mode):
+            entry = self.tree.write_file(d, name, [], mode=stat.S_IMODE(mode))
+        else:
+            entry = self.tree.mknod(d, name, mode, rdev)
+        return self._new_entry(parent_inode, name, entry, ctx)
+
+    @_guarded
+    def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable()
+        self._absent(new_parent_inode, new_name)
+        node = self.inodes.get(inode)
+        self._commit_pending(node)
+        if not node.links:
+            raise FUSEError(errno.ENOENT)
+        parent, _ = link = node.link
+        entry = self.tree.link(self.inodes.dir(parent), self.inodes.entry(node, link),
+                               self.inodes.dir(new_parent_inode), new_name)
+        self.inodes.add_link(node, (new_parent_inode, new_name), entry.backing)
+        return self._looked_up(node)
+
+    @_guarded
+    def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable()
+        if flags & RENAME_EXCHANGE:
+            raise FUSEError(errno.EINVAL)
+        check_name(name_new)
+        node = self._child(parent_inode_old, name_old)
+        target = self.inodes.child(parent_inode_new, name_new)
+        if target is node:
+            return
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FUSEError(errno.EEXIST)
+            if target.kind is Kind.DIR and node.kind is not Kind.DIR:
+                raise FUSEError(errno.EISDIR)
+            if node.kind is Kind.DIR and target.kind is not Kind.DIR:
+                raise FUSEError(errno.ENOTDIR)
+            if target.kind is Kind.DIR and self.tree.entries(self.inodes.dir(target.ino)):
+                raise FUSEError(errno.ENOTEMPTY)
+            if target.kind is Kind.DIR:
+                self._remove_stray_temps(target.ino, self.inodes.dir(target.ino))
+        self._commit_pending(node)
+        old_link, new_link = (parent_inode_old, name_old), (parent_inode_new, name_new)
+        if target is not None and target.links[new_link] is None:
+            self._forget_target(target, new_link)   # an uncommitted new file: nothing on disk
+            target = None
+        moved = self.tree.rename(self.inodes.dir(parent_inode_old), self.inodes.entry(node, old_link),
+                                 self.inodes.dir(parent_inode_new), name_new)
+        if target is not None:
+            self._forget_target(target, new_link)
+        self.inodes.add_link(node, new_link, moved.backing)
+        self.inodes.drop_link(node, old_link)
+
+    def _forget_target(self, target: Node, link) -> None:
+        self.inodes.drop_link(target, link)
+        if target.lookups == 0 and target.ino not in self.files.files:
+            self.inodes.evict(target)
+
+    # -- file content -------------------------------------------------------------
+
+    @_guarded
+    def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable()
+        self._absent(parent_inode, name)
+        node = self.inodes.new(Kind.FILE)
+        owner = (ctx.uid, ctx.gid) if self._owner else None
+        try:
+            self.files.open_new(node, parent_inode, stat.S_IMODE(mode), owner)
+        except BaseException:
+            self.inodes.evict(node)
+            raise
+        self.inodes.add_link(node, (parent_inode, name), None)
+        return pyfuse3.FileInfo(fh=node.ino), self._looked_up(node)
+
+    @_guarded
+    def open(self, inode, flags, ctx):
+        node = self.inodes.get(inode)
+        if node.kind is not Kind.FILE:
+            raise FUSEError(errno.EINVAL if node.kind is Kind.DIR else errno.ENXIO)
+        truncate = flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY
+        if truncate and not self.read_only and inode not in self.files.files and node.links:
+            st = os.lstat(self.inodes.path(node))
+            if st.st_nlink == 1:         # new content goes to a temp file; the old stays until commit
+                self.files.open_new(node, node.link[0], stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
+                return pyfuse3.FileInfo(fh=inode)
+        of = self.files.open(node)
+        if truncate:
+            of.content.truncate(0)
+        return pyfuse3.FileInfo(fh=inode)
+
+    @_guarded
+    def read(self, fh, off, size):
+        return self.files.get(fh).content.read(off, size)
+
+    @_guarded
+    def write(self, fh, off, buf):
+        self._writable()
+        of = self.files.get(fh)
+        of.times = None
+        return of.content.write(off, buf)
+
+    @_guarded
+    def flush(self, fh):
+        if not self.read_only:
+            self.files.flush(self.files.get(fh))
+
+    @_guarded
+    def fsync(self, fh, datasync):
+        if self.read_only:
+            return
+        of = self.files.get(fh)
+        pending = of.node.temp is not None
+        of.content.fsync()
+        self.files.commit(of)
+        if pending and of.node.links:
+            dfd = os.open(self.inodes.dir(of.node.link[0]).path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    @_guarded
+    def release(self, fh):
+        self.files.release(fh)
