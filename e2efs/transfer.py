@@ -10,7 +10,7 @@ import os
 import shutil
 import stat
 
-from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace
+from .errors import DestinationNotEmpty, IOFailure, NoSpace
 from .names import Kind
 from .tree import Dir, Tree
 

@@ -8,15 +8,13 @@ import time
 
 from .. import crypto
 from ..check import check
-from ..content import Header
-from ..blocks import HEADER_LEN
 from ..errors import (CorruptData, DestinationNotEmpty, IOFailure, NotFoundInVault, UsageError,
                       VaultNotFound)
-from ..names import Kind, parse_backing_name
+from ..names import Kind
 from ..strength import check_password
 from ..transfer import authenticate_file, export_tree, import_tree
 from ..tree import Tree
-from ..vault import DEFAULT_BLOCK_SIZE, KdfParams, LockedVault, Vault, VaultFile, FORMAT_VERSION, key_check
+from ..vault import FORMAT_VERSION, KdfParams, LockedVault, Vault, open_with_key_only
 from .secrets import add_secret_options, read_new_password, read_secret_file, unlock
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -119,19 +117,6 @@ def cmd_info(args) -> int:
 
 # -- unlocking for the reading commands --------------------------------------
 
-def _discover_block_size(root: str) -> int:
-    for dirpath, _, files in os.walk(root):
-        for fname in files:
-            parsed = parse_backing_name(fname)
-            if parsed is not None and parsed.kind is Kind.FILE:
-                with open(os.path.join(dirpath, fname), "rb") as f:
-                    try:
-                        return Header.parse(f.read(HEADER_LEN), fname).layout.block_size
-                    except CorruptData:
-                        continue
-    return DEFAULT_BLOCK_SIZE
-
-
 def open_tree(args) -> Tree:
     """Unlock the vault named by ``args.vault``; with --key-file this works even
     when both vault files are lost (the key is K itself)."""
@@ -141,9 +126,7 @@ def open_tree(args) -> Tree:
         if not (getattr(args, "key_file", None) and os.path.isdir(args.vault)):
             raise
         master = crypto.parse_recovery_key(read_secret_file(args.key_file, "key").decode("ascii", "replace"))
-        vf = VaultFile(FORMAT_VERSION, _discover_block_size(args.vault), key_check(master))
-        vault = Vault(args.vault, vf, crypto.Keys(master),
-                      ["both vault files are missing: reading the tree with the 64-digit key alone"])
+        vault = open_with_key_only(args.vault, master)
     for warning in vault.warnings:
         print(f"e2efs: warning: {warning}", file=sys.stderr)
     return Tree(vault)
