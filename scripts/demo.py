@@ -81,7 +81,8 @@ def main() -> None:
     sh("ls", "-la", MOUNT, os.path.join(MOUNT, "Media", "WhatsApp Images"))
 
     step("3. What the cloud client syncs: ciphertext names and contents only")
-    sh("find", VAULT, "-maxdepth", "3")
+    print("$ cd demo/vault && find . -maxdepth 3")
+    print(sh("find", ".", "-maxdepth", "3", cwd=VAULT, show=False).stdout.rstrip())
     grep = sh("grep", "-rl", "-e", SECRET_MESSAGE, "-e", "msgstore", "-e", "WhatsApp", VAULT, check=False)
     print("grep for the secret message and the file names in the vault: "
           + ("FOUND (this is a bug!)" if grep.returncode == 0 else "nothing found"))
