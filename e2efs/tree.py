@@ -266,7 +266,11 @@ class Tree:
 
     def open_content(self, path: str, writable: bool = False) -> ContentFile:
         """Open a ciphertext file; the caller closes ``content.fd``."""
-        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+        try:    # reading ciphertext must not move the atime a user set
+            fd = os.open(path, flags | os.O_NOATIME)
+        except PermissionError:     # O_NOATIME needs ownership
+            fd = os.open(path, flags)
         try:
             content = ContentFile.open(fd, self.keys, path)
             if content.layout.block_size != self.layout.block_size:

@@ -3,7 +3,7 @@
 Sharing one object means two processes on one file see one size, one set of
 buffered blocks, and each block is encrypted once.  The file handle FUSE gets
 is the inode number.  A file that is new or was opened with O_TRUNC lives in a
-temporary file until ``commit`` renames it into place (release, fsync,
+temporary file until ``commit`` renames it into place (close, fsync,
 rename, link), so a crash mid-write leaves the previous version intact.
 """
 

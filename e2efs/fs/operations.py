@@ -407,8 +407,10 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     def flush(self, fh):
+        """close(2) waits for this (release is asynchronous): a file is in the
+        vault under its name once the program that wrote it has closed it."""
         if not self.read_only:
-            self.files.flush(self.files.get(fh))
+            self.files.commit(self.files.get(fh))
 
     @_guarded
     def fsync(self, fh, datasync):

@@ -1,0 +1,129 @@
+"""Real mounts for tests: the actual ``e2efs mount`` in a subprocess.
+
+Every mount is unmounted and every daemon stopped in teardown, even when the
+test fails: fusermount3 -u, then -u -z, then terminate, then kill.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from e2efs.vault import KdfParams, Vault
+
+PASSWORD = b"correct horse battery staple 42"
+MOUNT_TIMEOUT = 20
+
+
+def _fuse_missing() -> str | None:
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
+    return None
+
+
+class Mount:
+    """One vault and its mount point; ``mount()``/``unmount()`` may repeat."""
+
+    def __init__(self, tmp_path, runtime_dir):
+        self.vault = str(tmp_path / "vault")
+        self.path = str(tmp_path / "mnt")
+        self.password_file = str(tmp_path / "password")
+        self.log = str(tmp_path / "e2efs.log")
+        self.env = dict(os.environ, E2EFS_RUNTIME_DIR=runtime_dir)
+        self.proc: subprocess.Popen | None = None
+        os.mkdir(self.vault)
+        os.mkdir(self.path)
+        with open(self.password_file, "wb") as f:
+            f.write(PASSWORD + b"\n")
+        Vault.create(self.vault, os.urandom(32), PASSWORD, block_size=4096, kdf=KdfParams(8 * 1024, 1, 1))
+
+    def cli(self, *args, check=True, **kw) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "e2efs", *args], env=self.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, **kw)
+        if check and done.returncode != 0:
+            raise AssertionError(f"e2efs {args[0]} failed ({done.returncode}): {done.stderr}")
+        return done
+
+    def mount(self, *extra) -> None:
+        """Mount in the foreground (so the test owns the daemon process)."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "e2efs", "mount", self.vault, self.path, "--foreground",
+             "--password-file", self.password_file, "--log", self.log, *extra],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not os.path.ismount(self.path):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mount exited with {self.proc.returncode}: {self.proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("mount did not come up")
+            time.sleep(0.02)
+
+    def unmount(self) -> None:
+        """Clean unmount: everything flushed when this returns."""
+        subprocess.run(["fusermount3", "-u", self.path], check=True)
+        assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read().decode()
+        self.proc = None
+
+    def remount(self, *extra) -> None:
+        self.unmount()
+        self.mount(*extra)
+
+    def teardown(self) -> None:
+        if os.path.ismount(self.path) or _stale(self.path):
+            if subprocess.run(["fusermount3", "-u", self.path], stderr=subprocess.DEVNULL).returncode:
+                subprocess.run(["fusermount3", "-u", "-z", self.path], stderr=subprocess.DEVNULL)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def p(self, *parts) -> str:
+        return os.path.join(self.path, *parts)
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+def _stale(path: str) -> bool:
+    try:
+        os.stat(path)
+        return False
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def vault_mount(tmp_path):
+    """A vault, not yet mounted; always cleaned up."""
+    reason = _fuse_missing()
+    if reason:
+        print(f"skipping mount test: {reason}")
+        pytest.skip(reason)
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    m = Mount(tmp_path, str(runtime))
+    try:
+        yield m
+    finally:
+        m.teardown()
+
+
+@pytest.fixture
+def mounted(vault_mount):
+    """A vault mounted read-write at ``mounted.path``."""
+    vault_mount.mount()
+    return vault_mount
