@@ -90,7 +90,7 @@ class Operations(pyfuse3.Operations):
 
     def _chown(self, path_or_fd, ctx) -> None:
         if self._owner:
-            os.chown(path_or_fd, ctx.uid, ctx.gid, follow_symlinks=False)
+            os.chown(path_or_fd, ctx.uid, ctx.gid)
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         of = self.files.files.get(node.ino)
@@ -187,7 +187,7 @@ class Operations(pyfuse3.Operations):
             os.chmod(target, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
             os.chown(target, attr.st_uid if fields.update_uid else -1,
-                     attr.st_gid if fields.update_gid else -1, follow_symlinks=False)
+                     attr.st_gid if fields.update_gid else -1)
         if fields.update_atime or fields.update_mtime:
             st = os.stat(target)
             times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
