@@ -133,6 +133,10 @@ def test_newer_version_is_refused_clearly(vault_dir):
     lambda d: d["slots"][0].__setitem__("kdf", "scrypt"),
     lambda d: d["slots"][0].__setitem__("memory_kib", True),
     lambda d: d.__setitem__("format", "gocryptfs"),
+    lambda d: d.__setitem__("slots", "abc"),
+    lambda d: d.__setitem__("slots", [[1]]),
+    lambda d: d.__setitem__("slots", {"type": "password"}),
+    lambda d: d.__setitem__("key_check", 5),
 ])
 def test_malformed_fields_are_corrupt(vault_dir, edit):
     edit_vault_json(vault_dir, edit)
