@@ -22,8 +22,10 @@ log = logging.getLogger("e2efs")
 IDLE_CHECK_SECONDS = 5.0
 
 
-def mount_options(read_only: bool, allow_other: bool) -> set[str]:
-    options = set(pyfuse3.default_options) | {"fsname=e2efs", "subtype=e2efs", "auto_unmount"}
+def mount_options(vault_root: str, read_only: bool, allow_other: bool) -> set[str]:
+    """``mount`` shows the vault folder as the source (option syntax permitting)."""
+    source = vault_root if not set(vault_root) & set(",\\ \t\n") else "e2efs"
+    options = set(pyfuse3.default_options) | {f"fsname={source}", "subtype=e2efs", "auto_unmount"}
     if read_only:
         options.add("ro")
     if allow_other:
@@ -37,7 +39,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
     ops = Operations(Tree(vault), read_only)
     try:
-        pyfuse3.init(ops, mountpoint, mount_options(read_only, allow_other))
+        pyfuse3.init(ops, mountpoint, mount_options(vault.root, read_only, allow_other))
     except RuntimeError as exc:
         raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
     try:
