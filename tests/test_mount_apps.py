@@ -99,6 +99,11 @@ def test_cp_and_rsync_round_trips(mounted, tmp_path):
         again = subprocess.run(["rsync", "-ai", f"{src}/", mounted.p(name) + "/"], check=True,
                                stdout=subprocess.PIPE, text=True).stdout
         assert again.strip() == "", again[:500]
+    mounted.unmount()
+    exported = tmp_path / "exported"
+    mounted.cli("export", mounted.vault, str(exported), "--password-file", mounted.password_file)
+    _same_trees(str(src), str(exported / "cp"))
+    _same_trees(str(src), str(exported / "rsync"))
 
 
 def test_rename_and_overwrite_of_an_open_file(mounted):
