@@ -77,6 +77,11 @@ class MountFailed(E2efsError):
     exit_code = 24
 
 
+class LastKeySlot(E2efsError):
+    """Refused: removing the vault's last password or key file."""
+    exit_code = 25
+
+
 EXIT_CODES = {
     "OK": 0,
     "GENERIC": E2efsError.exit_code,

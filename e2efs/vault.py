@@ -9,6 +9,7 @@ from a tampered file.
 """
 
 import base64
+import hashlib
 import hmac
 import json
 import os
@@ -18,7 +19,8 @@ from . import crypto
 from .blocks import HEADER_LEN, Layout
 from .content import Header
 from .crypto import Keys
-from .errors import CorruptData, VaultCorrupt, VaultNotFound, VaultTooNew, WrongSecret, IOFailure, NoSpace
+from .errors import (CorruptData, IOFailure, NoSpace, NotFoundInVault, VaultCorrupt, VaultNotFound, VaultTooNew,
+                     WrongSecret)
 from .names import Kind, parse_backing_name
 
 VAULT_FILE = "e2efs.vault"
@@ -28,6 +30,8 @@ FORMAT_VERSION = 1
 DEFAULT_BLOCK_SIZE = 64 * 1024
 LABEL_KEY_CHECK = b"e2efs v1 key check"
 SLOT_AAD = b"e2efs v1 password slot"
+KEYFILE_SLOT_AAD = b"e2efs v1 keyfile slot"
+LABEL_KEYFILE_SLOT = b"e2efs v1 keyfile kek "    # followed by the slot salt
 SALT_LEN = 16
 
 
@@ -58,21 +62,34 @@ class KdfParams:
 
 @dataclass
 class PasswordSlot:
+    """K wrapped under Argon2id(password)."""
     kdf: KdfParams
     salt: bytes
     nonce: bytes
     wrapped: bytes
+    TYPE = "password"
 
     @classmethod
     def wrap(cls, master: bytes, password: bytes, kdf: KdfParams) -> "PasswordSlot":
         salt = os.urandom(SALT_LEN)
-        kek = crypto.argon2id(password, salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism)
-        nonce, wrapped = crypto.aead_seal(kek, master, SLOT_AAD)
+        nonce, wrapped = crypto.aead_seal(cls._kek(password, salt, kdf), master, SLOT_AAD)
         return cls(kdf, salt, nonce, wrapped)
 
+    @staticmethod
+    def _kek(password: bytes, salt: bytes, kdf: KdfParams) -> bytes:
+        return crypto.argon2id(password, salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism)
+
     def unwrap(self, password: bytes) -> bytes | None:
-        kek = crypto.argon2id(password, self.salt, self.kdf.memory_kib, self.kdf.time_cost, self.kdf.parallelism)
-        return crypto.aead_open(kek, self.nonce, self.wrapped, SLOT_AAD)
+        return crypto.aead_open(self._kek(password, self.salt, self.kdf), self.nonce, self.wrapped, SLOT_AAD)
+
+    @property
+    def id(self) -> str:
+        """A short stable name for ``e2efs key list/remove``, derived from the salt."""
+        return hashlib.sha256(self.salt).hexdigest()[:8]
+
+    def describe(self) -> str:
+        return (f"password (Argon2id, {self.kdf.memory_kib // 1024} MiB, time cost {self.kdf.time_cost}, "
+                f"{self.kdf.parallelism} lanes)")
 
     def to_json(self) -> dict:
         return {
@@ -84,10 +101,56 @@ class PasswordSlot:
 
     @classmethod
     def from_json(cls, doc: dict) -> "PasswordSlot":
-        if doc.get("type") != "password" or doc.get("kdf") != "argon2id":
-            raise ValueError("unknown slot type")
+        if doc.get("kdf") != "argon2id":
+            raise ValueError("unknown password KDF")
         kdf = KdfParams(*(_positive_int(doc[k]) for k in ("memory_kib", "time_cost", "parallelism")))
         return cls(kdf, _unb64(doc["salt"]), _unb64(doc["nonce"]), _unb64(doc["wrapped_key"]))
+
+
+@dataclass
+class KeyFileSlot:
+    """K wrapped under HKDF(key file content): a high-entropy file needs no slow KDF."""
+    salt: bytes
+    nonce: bytes
+    wrapped: bytes
+    TYPE = "keyfile"
+
+    @classmethod
+    def wrap(cls, master: bytes, secret: bytes) -> "KeyFileSlot":
+        salt = os.urandom(SALT_LEN)
+        nonce, wrapped = crypto.aead_seal(cls._kek(secret, salt), master, KEYFILE_SLOT_AAD)
+        return cls(salt, nonce, wrapped)
+
+    @staticmethod
+    def _kek(secret: bytes, salt: bytes) -> bytes:
+        return crypto.hkdf(secret, LABEL_KEYFILE_SLOT + salt)
+
+    def unwrap(self, secret: bytes) -> bytes | None:
+        return crypto.aead_open(self._kek(secret, self.salt), self.nonce, self.wrapped, KEYFILE_SLOT_AAD)
+
+    id = PasswordSlot.id
+
+    def describe(self) -> str:
+        return "key file"
+
+    def to_json(self) -> dict:
+        return {"type": "keyfile", "kdf": "hkdf-sha256", "salt": _b64(self.salt), "nonce": _b64(self.nonce),
+                "wrapped_key": _b64(self.wrapped)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "KeyFileSlot":
+        if doc.get("kdf") != "hkdf-sha256":
+            raise ValueError("unknown key file KDF")
+        return cls(_unb64(doc["salt"]), _unb64(doc["nonce"]), _unb64(doc["wrapped_key"]))
+
+
+SLOT_TYPES = {cls.TYPE: cls for cls in (PasswordSlot, KeyFileSlot)}
+
+
+def slot_from_json(doc) -> PasswordSlot | KeyFileSlot:
+    if not isinstance(doc, dict) or doc.get("type") not in SLOT_TYPES:
+        raise ValueError("unknown slot type")
+    return SLOT_TYPES[doc["type"]].from_json(doc)
 
 
 def _positive_int(value) -> int:
@@ -102,7 +165,7 @@ class VaultFile:
     version: int
     block_size: int
     key_check: bytes
-    slots: list[PasswordSlot] = field(default_factory=list)
+    slots: list = field(default_factory=list)     # PasswordSlot | KeyFileSlot
     mac: bytes = b""
 
     def body(self) -> dict:
@@ -141,7 +204,7 @@ class VaultFile:
                 raise ValueError(f"unknown format version {version}")
             block_size = _positive_int(doc["block_size"])
             Layout(block_size)
-            slots = [PasswordSlot.from_json(s) for s in doc["slots"]]
+            slots = [slot_from_json(s) for s in doc["slots"]]
             vf = cls(version, block_size, _unb64(doc["key_check"]), slots, _unb64(doc["mac"]))
             extra = set(doc) - set(vf.body()) - {"mac"}
             if extra:
@@ -159,6 +222,44 @@ class Vault:
         self.file = file
         self.keys = keys
         self.warnings = warnings
+        self.unlocked_slot: str | None = None      # the slot id that opened it; None for the 64-digit key
+
+    @property
+    def slots(self) -> list:
+        return self.file.slots
+
+    def slot(self, slot_id: str):
+        for slot in self.file.slots:
+            if slot.id == slot_id:
+                return slot
+        raise NotFoundInVault(f"no key slot {slot_id!r} (see 'e2efs key list')")
+
+    def add_password(self, password: bytes, kdf: KdfParams | None = None) -> PasswordSlot:
+        slot = PasswordSlot.wrap(self.keys.master, password, kdf or KdfParams())
+        self.file.slots.append(slot)
+        self.save()
+        return slot
+
+    def add_keyfile(self, secret: bytes) -> KeyFileSlot:
+        slot = KeyFileSlot.wrap(self.keys.master, secret)
+        self.file.slots.append(slot)
+        self.save()
+        return slot
+
+    def remove_slot(self, slot_id: str) -> None:
+        self.file.slots.remove(self.slot(slot_id))
+        self.save()
+
+    def replace_password(self, slot_id: str | None, password: bytes, kdf: KdfParams | None = None) -> PasswordSlot:
+        """Rewrap K under a new password in place of ``slot_id`` (or as a new slot)."""
+        new = PasswordSlot.wrap(self.keys.master, password, kdf or KdfParams())
+        slots = self.file.slots
+        if slot_id is None:
+            slots.append(new)
+        else:
+            slots[slots.index(self.slot(slot_id))] = new
+        self.save()
+        return new
 
     @property
     def block_size(self) -> int:
@@ -223,26 +324,37 @@ class LockedVault:
 
     @property
     def has_password(self) -> bool:
-        return any(c.slots for c in self.copies)
+        return any(isinstance(slot, PasswordSlot) for c in self.copies for slot in c.slots)
+
+    @property
+    def has_keyfile(self) -> bool:
+        return any(isinstance(slot, KeyFileSlot) for c in self.copies for slot in c.slots)
 
     @property
     def block_size(self) -> int:
         return self.copies[0].block_size
 
     def unlock_with_password(self, password: bytes) -> Vault:
+        return self._unlock_slot(PasswordSlot, password, "wrong password",
+                                 "this vault has no password: unlock it with its 64-digit key (--key-file)")
+
+    def unlock_with_keyfile(self, secret: bytes) -> Vault:
+        return self._unlock_slot(KeyFileSlot, secret, "wrong key file",
+                                 "not a 64-digit key, and this vault has no key-file slot")
+
+    def _unlock_slot(self, slot_type, secret: bytes, wrong: str, none: str) -> Vault:
         tried = set()
         for copy in self.copies:
             for slot in copy.slots:
-                fingerprint = (slot.salt, slot.nonce, slot.wrapped)
-                if fingerprint in tried:
+                if not isinstance(slot, slot_type) or slot.id in tried:
                     continue
-                tried.add(fingerprint)
-                master = slot.unwrap(password)
+                tried.add(slot.id)
+                master = slot.unwrap(secret)
                 if master is not None:
-                    return self._open(master)
-        if not tried:
-            raise WrongSecret("this vault has no password: unlock it with its 64-digit key (--key-file)")
-        raise WrongSecret("wrong password")
+                    vault = self._open(master)
+                    vault.unlocked_slot = slot.id
+                    return vault
+        raise WrongSecret(wrong if tried else none)
 
     def unlock_with_key(self, master: bytes) -> Vault:
         expected = key_check(master)

@@ -6,9 +6,9 @@ import sys
 
 from .. import __version__
 from ..errors import E2efsError
-from . import offline, mount
+from . import keys, mount, offline
 
-COMMAND_MODULES = [offline, mount]
+COMMAND_MODULES = [offline, keys, mount]
 
 DESCRIPTION = """\
 e2efs keeps chat backups end-to-end encrypted in a folder that a cloud client syncs.

@@ -1,6 +1,5 @@
 """Commands that need no mount: init, info, import, export, ls, cat, fsck."""
 
-import json
 import os
 import stat
 import sys
@@ -14,34 +13,9 @@ from ..names import Kind
 from ..strength import check_password
 from ..transfer import authenticate_file, export_tree, import_tree
 from ..tree import Tree
-from ..vault import FORMAT_VERSION, KdfParams, LockedVault, Vault, open_with_key_only
+from ..vault import FORMAT_VERSION, LockedVault, Vault, open_with_key_only
+from .common import add_kdf_options, human, kdf_from_args, parse_size, print_json
 from .secrets import add_secret_options, read_new_password, read_secret_file, unlock
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """'64K', '256M', '65536' -> bytes."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
-    try:
-        return int(t[:len(t) - len(unit)]) * _UNITS[unit]
-    except ValueError:
-        raise UsageError(f"not a size: {text!r} (examples: 64K, 256M)") from None
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _print_json(doc) -> None:
-    json.dump(doc, sys.stdout, indent=2)
-    print()
-
 
 # -- init ---------------------------------------------------------------------
 
@@ -61,12 +35,10 @@ def cmd_init(args) -> int:
     if os.path.lexists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise DestinationNotEmpty(f"{root} exists and is not an empty folder; a new vault needs a new or empty one")
     block_size = parse_size(args.block_size)
-    kdf = KdfParams(parse_size(args.kdf_memory) // 1024, args.kdf_time, args.kdf_parallelism)
-    if kdf.memory_kib < 8 * kdf.parallelism or kdf.time_cost < 1:
-        raise UsageError("--kdf-memory must be at least 8 KiB per lane and --kdf-time at least 1")
+    kdf = kdf_from_args(args)
     password = None
     if not args.key_only:
-        password = read_new_password(args)
+        password = read_new_password(args.password_file, args.password_command)
         if not args.allow_weak_password:
             check_password(password)
     master = crypto.new_master_key()
@@ -77,11 +49,11 @@ def cmd_init(args) -> int:
         raise UsageError(str(exc)) from None
     key = crypto.format_recovery_key(master)
     if args.json:
-        _print_json({"vault": os.path.abspath(root), "recovery_key": key, "block_size": block_size,
+        print_json({"vault": os.path.abspath(root), "recovery_key": key, "block_size": block_size,
                      "password": password is not None})
         return 0
-    print(f"Created vault {root} (format {FORMAT_VERSION}, {_human(block_size)} blocks"
-          + (f", Argon2id {_human(kdf.memory_kib * 1024)} x {kdf.time_cost})." if password else ")."))
+    print(f"Created vault {root} (format {FORMAT_VERSION}, {human(block_size)} blocks"
+          + (f", Argon2id {human(kdf.memory_kib * 1024)} x {kdf.time_cost})." if password else ")."))
     print("\nYour 64-digit " + ("recovery " if password else "") + "key:\n")
     groups = key.split()
     for i in range(0, 16, 4):
@@ -96,19 +68,18 @@ def cmd_init(args) -> int:
 def cmd_info(args) -> int:
     locked = LockedVault.read(args.vault)
     vf = locked.copies[0]
-    slots = [{"type": "password", "kdf": "argon2id", "memory_kib": s.kdf.memory_kib,
-              "time_cost": s.kdf.time_cost, "parallelism": s.kdf.parallelism} for s in vf.slots]
     if args.json:
-        _print_json({"vault": os.path.abspath(args.vault), "format_version": vf.version,
-                     "block_size": vf.block_size, "slots": slots, "problems": locked.damaged})
+        slots = [{k: v for k, v in s.to_json().items() if k not in ("salt", "nonce", "wrapped_key")} | {"id": s.id}
+                 for s in vf.slots]
+        print_json({"vault": os.path.abspath(args.vault), "format_version": vf.version,
+                    "block_size": vf.block_size, "slots": slots, "problems": locked.damaged})
         return 0
     print(f"vault:          {os.path.abspath(args.vault)}")
     print(f"format version: {vf.version}")
-    print(f"block size:     {_human(vf.block_size)}")
-    for s in slots:
-        print(f"password slot:  Argon2id, {_human(s['memory_kib'] * 1024)}, time cost {s['time_cost']}, "
-              f"{s['parallelism']} lanes")
-    print("unlock with:    " + ("password or 64-digit key" if slots else "64-digit key only"))
+    print(f"block size:     {human(vf.block_size)}")
+    for s in vf.slots:
+        print(f"key slot {s.id}: {s.describe()}")
+    print("unlock with:    " + ("a key slot above or the 64-digit key" if vf.slots else "the 64-digit key only"))
     for problem in locked.damaged:
         print(f"problem:        {problem}")
     print("(read without a secret: nothing here is authenticated; 'e2efs fsck' checks everything)")
@@ -154,11 +125,11 @@ def _summary(args, verb: str, stats, started: float) -> None:
     if sys.stderr.isatty() and not args.quiet:
         print("\r\033[K", end="", file=sys.stderr)
     if args.json:
-        _print_json({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes,
+        print_json({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes,
                      "seconds": round(time.monotonic() - started, 3)})
     elif not args.quiet:
         secs = time.monotonic() - started
-        print(f"{verb} {stats.files} files in {stats.dirs} folders, {_human(stats.bytes)} in {secs:.1f} s")
+        print(f"{verb} {stats.files} files in {stats.dirs} folders, {human(stats.bytes)} in {secs:.1f} s")
 
 
 def cmd_import(args) -> int:
@@ -208,7 +179,7 @@ def cmd_ls(args) -> int:
             suffix = " -> " + os.fsdecode(tree.readlink(parent, e))
         print(f"{stat.filemode(type_bits | mode)} {size:>12} {when} {name}{suffix}")
     if args.json:
-        _print_json(out)
+        print_json(out)
     return 0
 
 
@@ -242,13 +213,13 @@ def cmd_fsck(args) -> int:
         print("\r\033[K", end="", file=sys.stderr)
     problems = [("vault file", w) for w in tree.vault.warnings] + report.problems
     if args.json:
-        _print_json({"dirs": report.dirs, "files": report.files, "bytes": report.bytes,
+        print_json({"dirs": report.dirs, "files": report.files, "bytes": report.bytes,
                      "problems": [{"path": p, "reason": r} for p, r in problems]})
     else:
         for path, reason in problems:
             print(f"CORRUPT {path}: {reason}")
         if not args.quiet:
-            print(f"checked {report.files} files in {report.dirs} folders, {_human(report.bytes)} "
+            print(f"checked {report.files} files in {report.dirs} folders, {human(report.bytes)} "
                   f"in {time.monotonic() - started:.1f} s: "
                   + (f"{len(problems)} problem(s)" if problems else "no problems"))
     if problems:
@@ -274,14 +245,7 @@ def register(sub) -> None:
     p.add_argument("--key-only", action="store_true",
                    help="no password: the generated 64-digit key is the only way in")
     p.add_argument("--block-size", default="64K", help="plaintext block size, 4K to 1M (default 64K)")
-    p.add_argument("--kdf-memory", default=f"{crypto.ARGON2_MEMORY_KIB // 1024}M",
-                   help="Argon2id memory (default %(default)s)")
-    p.add_argument("--kdf-time", type=int, default=crypto.ARGON2_TIME_COST,
-                   help="Argon2id passes (default %(default)s, about 1 s)")
-    p.add_argument("--kdf-parallelism", type=int, default=crypto.ARGON2_PARALLELISM,
-                   help="Argon2id lanes (default %(default)s)")
-    p.add_argument("--allow-weak-password", action="store_true",
-                   help="accept a password the strength estimator rejects")
+    add_kdf_options(p)
     p.add_argument("--json", action="store_true", help="print the result (including the key) as JSON")
     add_secret_options(p, new=True)
     p.set_defaults(func=cmd_init)

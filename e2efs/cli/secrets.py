@@ -22,7 +22,8 @@ def add_secret_options(parser, new: bool = False) -> None:
     group.add_argument("--password-command", metavar="CMD",
                        help="run CMD with the shell and read the password from its output, e.g. 'secret-tool lookup e2efs chats'")
     if not new:
-        group.add_argument("--key-file", metavar="FILE", help="read the 64-digit key from FILE")
+        group.add_argument("--key-file", metavar="FILE",
+                           help="read the 64-digit key from FILE, or use FILE as a key file added with 'e2efs key add'")
 
 
 def _strip_newline(data: bytes) -> bytes:
@@ -73,16 +74,23 @@ def _has_tty() -> bool:
         return False
 
 
-def read_new_password(args, confirm: bool = True) -> bytes:
-    """A new password: from --password-file / --password-command, or typed twice."""
-    if args.password_file:
-        return _nonempty(_strip_newline(read_secret_file(args.password_file, "password")), args.password_file)
-    if args.password_command:
-        return _nonempty(_run_command(args.password_command), "--password-command")
+def add_new_password_options(parser) -> None:
+    """--new-password-file / --new-password-command, for commands that also unlock."""
+    group = parser.add_argument_group("new password", "Read from one of these, or typed twice on the terminal.")
+    group.add_argument("--new-password-file", metavar="FILE", help="read the new password from FILE")
+    group.add_argument("--new-password-command", metavar="CMD", help="read the new password from CMD's output")
+
+
+def read_new_password(file: str | None, command: str | None) -> bytes:
+    """A new password: from a file or a command, or typed twice."""
+    if file:
+        return _nonempty(_strip_newline(read_secret_file(file, "password")), file)
+    if command:
+        return _nonempty(_run_command(command), "the password command")
     first = _prompt("New password: ").encode()
     if not first:
         raise SecretInputError("no password entered")
-    if confirm and _prompt("Repeat the password: ").encode() != first:
+    if _prompt("Repeat the password: ").encode() != first:
         raise SecretInputError("the two passwords differ")
     return first
 
@@ -91,7 +99,14 @@ def unlock(args, root: str) -> Vault:
     """Unlock the vault at ``root`` with whichever secret the arguments name."""
     locked = LockedVault.read(root)
     if getattr(args, "key_file", None):
-        return locked.unlock_with_key(parse_recovery_key(read_secret_file(args.key_file, "key").decode("ascii", "replace")))
+        data = read_secret_file(args.key_file, "key")
+        try:
+            master = parse_recovery_key(data.decode("ascii", "replace"))
+        except BadKeyFormat:
+            if not locked.has_keyfile:
+                raise
+            return locked.unlock_with_keyfile(data)
+        return locked.unlock_with_key(master)
     if args.password_file:
         return locked.unlock_with_password(_strip_newline(read_secret_file(args.password_file, "password")))
     if args.password_command:

@@ -1,0 +1,51 @@
+"""Small pieces every command shares: sizes, JSON output, KDF cost options."""
+
+import json
+import sys
+
+from .. import crypto
+from ..errors import UsageError
+from ..vault import KdfParams
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'64K', '256M', '65536' -> bytes."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
+    try:
+        return int(t[:len(t) - len(unit)]) * _UNITS[unit]
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 64K, 256M)") from None
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    print()
+
+
+def add_kdf_options(parser) -> None:
+    parser.add_argument("--kdf-memory", default=f"{crypto.ARGON2_MEMORY_KIB // 1024}M",
+                        help="Argon2id memory for the password (default %(default)s)")
+    parser.add_argument("--kdf-time", type=int, default=crypto.ARGON2_TIME_COST,
+                        help="Argon2id passes (default %(default)s, about 1 s here)")
+    parser.add_argument("--kdf-parallelism", type=int, default=crypto.ARGON2_PARALLELISM,
+                        help="Argon2id lanes (default %(default)s)")
+    parser.add_argument("--allow-weak-password", action="store_true",
+                        help="accept a password the strength estimator rejects")
+
+
+def kdf_from_args(args) -> KdfParams:
+    kdf = KdfParams(parse_size(args.kdf_memory) // 1024, args.kdf_time, args.kdf_parallelism)
+    if kdf.memory_kib < 8 * kdf.parallelism or kdf.time_cost < 1 or kdf.parallelism < 1:
+        raise UsageError("--kdf-memory must be at least 8 KiB per lane, --kdf-time and --kdf-parallelism at least 1")
+    return kdf
