@@ -15,6 +15,7 @@ from ..transfer import authenticate_file, export_tree, import_tree
 from ..tree import Tree
 from ..vault import FORMAT_VERSION, LockedVault, Vault, open_with_key_only
 from .common import add_kdf_options, human, kdf_from_args, parse_size, print_json
+from .progress import Progress, folder_bytes
 from .secrets import add_secret_options, read_new_password, read_secret_file, unlock
 
 # -- init ---------------------------------------------------------------------
@@ -112,21 +113,10 @@ def _resolve(tree: Tree, path: str):
 
 # -- import / export ----------------------------------------------------------
 
-def _progress(args):
-    if args.quiet or not sys.stderr.isatty():
-        return None
-
-    def show(path, size):
-        print(f"\r\033[K{path[-70:]}", end="", file=sys.stderr, flush=True)
-    return show
-
-
 def _summary(args, verb: str, stats, started: float) -> None:
-    if sys.stderr.isatty() and not args.quiet:
-        print("\r\033[K", end="", file=sys.stderr)
     if args.json:
         print_json({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes,
-                     "seconds": round(time.monotonic() - started, 3)})
+                    "seconds": round(time.monotonic() - started, 3)})
     elif not args.quiet:
         secs = time.monotonic() - started
         print(f"{verb} {stats.files} files in {stats.dirs} folders, {human(stats.bytes)} in {secs:.1f} s")
@@ -137,7 +127,8 @@ def cmd_import(args) -> int:
         raise IOFailure(f"{args.source} is not a folder")
     tree = open_tree(args)
     started = time.monotonic()
-    stats = import_tree(tree, args.source, _progress(args))
+    with Progress("import", folder_bytes(args.source), args.quiet or args.json) as progress:
+        stats = import_tree(tree, args.source, progress)
     _summary(args, "imported", stats, started)
     return 0
 
@@ -145,7 +136,8 @@ def cmd_import(args) -> int:
 def cmd_export(args) -> int:
     tree = open_tree(args)
     started = time.monotonic()
-    stats = export_tree(tree, args.dest, _progress(args))
+    with Progress("export", folder_bytes(args.vault), args.quiet or args.json) as progress:
+        stats = export_tree(tree, args.dest, progress)
     _summary(args, "exported", stats, started)
     return 0
 
@@ -208,9 +200,8 @@ def cmd_cat(args) -> int:
 def cmd_fsck(args) -> int:
     tree = open_tree(args)
     started = time.monotonic()
-    report = check(tree, _progress(args))
-    if sys.stderr.isatty() and not args.quiet:
-        print("\r\033[K", end="", file=sys.stderr)
+    with Progress("fsck", folder_bytes(args.vault), args.quiet or args.json) as progress:
+        report = check(tree, progress)
     problems = [("vault file", w) for w in tree.vault.warnings] + report.problems
     if args.json:
         print_json({"dirs": report.dirs, "files": report.files, "bytes": report.bytes,
