@@ -311,14 +311,12 @@ class LockedVault:
                 raise IOFailure(f"cannot read {path}: {exc.strerror}") from None
             try:
                 copies.append(VaultFile.parse(raw, path))
-            except VaultTooNew:
-                raise
-            except VaultCorrupt as exc:
+            except (VaultTooNew, VaultCorrupt) as exc:
                 damaged.append(str(exc))
                 errors.append(exc)
         if not copies:
-            if errors:
-                raise errors[0]
+            if errors:      # a newer version explains more than a damaged copy beside it
+                raise next((e for e in errors if isinstance(e, VaultTooNew)), errors[0])
             raise VaultNotFound(f"no vault at {root}: {VAULT_FILE} not found (create one with 'e2efs init')")
         return cls(root, copies, damaged)
 

@@ -192,3 +192,10 @@ def test_key_alone_reads_a_vault_with_a_non_default_block_size(vault_dir):
         (vault_dir / name).unlink()
     tree = Tree(open_with_key_only(str(vault_dir), FIXED_K))
     assert tree.read_all(tree.path(sub, entry)) == b"data"
+
+
+def test_one_copy_claiming_a_newer_version_does_not_lock_the_vault(vault_dir):
+    """Only a real upgrade rewrites both copies; a single edited copy is damage."""
+    edit_vault_json(vault_dir, lambda d: d.__setitem__("version", 2), names=(VAULT_FILE,))
+    vault = LockedVault.read(vault_dir).unlock_with_password(PASSWORD)
+    assert any("version 2" in w for w in vault.warnings)
