@@ -109,7 +109,7 @@ class Keys:
         return bytes(self._master)
 
     def file_aead(self, file_id: bytes) -> AESGCM:
-        return AESGCM(hkdf(bytes(self._master), LABEL_FILE + file_id))
+        return AESGCM(hkdf(self._master, LABEL_FILE + file_id))
 
     def wipe(self) -> None:
         """Overwrite the master key in place; derived objects are dropped."""

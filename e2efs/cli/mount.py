@@ -6,6 +6,7 @@ parent returns to the shell only once the mount is live, or prints the
 child's one-line error.
 """
 
+import json
 import logging
 import os
 import re
@@ -45,10 +46,14 @@ def register(sub) -> None:
     add_secret_options(p)
     p.set_defaults(func=cmd_mount)
     for name in ("unmount", "lock"):
-        u = sub.add_parser(name, help="flush everything, unmount and lock" + (" (same as unmount)" if name == "lock" else ""))
-        u.add_argument("mountpoint")
+        u = sub.add_parser(name, help="flush everything, unmount and lock" + (" (same as unmount)" if name == "lock" else ""),
+                           description="Wait until every write has reached the vault, unmount, and wipe the key "
+                                       "from the daemon's memory. Example: e2efs lock --all")
+        u.add_argument("mountpoint", nargs="?")
+        u.add_argument("--all", action="store_true", help="every vault mounted by this user")
         u.set_defaults(func=cmd_unmount)
     s = sub.add_parser("status", help="list mounted vaults")
+    s.add_argument("--json", action="store_true", help="print as JSON")
     s.set_defaults(func=cmd_status)
 
 
@@ -180,7 +185,26 @@ def _report(wfd: int, text: str) -> None:
 # -- unmount / status ------------------------------------------------------------
 
 def cmd_unmount(args) -> int:
-    mountpoint = os.path.realpath(args.mountpoint)
+    if args.all == bool(args.mountpoint):
+        raise UsageError("name one mount point, or --all")
+    if not args.all:
+        return unmount(os.path.realpath(args.mountpoint))
+    mounts = registry.live_mounts()
+    if not mounts:
+        print("no vault is mounted")
+    failed = None
+    for m in mounts:
+        try:
+            unmount(m["mountpoint"])
+        except E2efsError as exc:        # lock the others anyway, report the first failure
+            print(f"e2efs: {exc}", file=sys.stderr)
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+    return 0
+
+
+def unmount(mountpoint: str) -> int:
     state = is_mounted(mountpoint)
     if state == "stale":
         fusermount(mountpoint, lazy=True)
@@ -210,6 +234,10 @@ def cmd_unmount(args) -> int:
 
 def cmd_status(args) -> int:
     mounts = registry.live_mounts()
+    if args.json:
+        json.dump(mounts, sys.stdout, indent=2)
+        print()
+        return 0
     if not mounts:
         print("no vault is mounted")
     for m in mounts:

@@ -12,6 +12,7 @@ import time
 import pyfuse3
 import trio
 
+from .. import memlock
 from ..errors import MountFailed
 from ..tree import Tree
 from ..vault import Vault
@@ -37,6 +38,8 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
         idle_seconds: float = 0, ready=lambda: None) -> None:
     """Mount, call ``ready()`` once the mount is live, serve until unmounted."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
+    held = memlock.protect()
+    log.info("memory locked: %s; core dumps off: %s", held["mlock"], held["no_core_dumps"])
     ops = Operations(Tree(vault), read_only)
     try:
         pyfuse3.init(ops, mountpoint, mount_options(vault.root, read_only, allow_other))
@@ -50,7 +53,8 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
             ops.files.close_all()
         finally:
             pyfuse3.close(unmount=True)
-        log.info("unmounted %s", mountpoint)
+            vault.keys.wipe()
+        log.info("unmounted %s; key wiped from memory", mountpoint)
 
 
 async def _serve(ops: Operations, idle_seconds: float) -> None:

@@ -1,0 +1,47 @@
+"""Keep the unlocked key off the disk: no swap (mlockall), no core dumps.
+
+Python cannot promise that no copy of a key is left in freed memory; what it
+can do is stop the kernel from writing that memory out.  ``protect`` is
+called once by the mount daemon; what it achieved is logged, not assumed.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import resource
+
+log = logging.getLogger("e2efs")
+
+MCL_CURRENT, MCL_FUTURE = 1, 2
+PR_SET_DUMPABLE = 4
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _may_lock_everything() -> bool:
+    """MCL_FUTURE with a finite limit would make later allocations fail; only
+    lock when the limit cannot be hit (root's CAP_IPC_LOCK or an unlimited limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY
+
+
+def protect() -> dict:
+    """Lock all pages in RAM and forbid core dumps; returns what held."""
+    libc = _libc()
+    result = {"mlock": False, "no_core_dumps": False}
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+        result["no_core_dumps"] = True
+    if _may_lock_everything():
+        if libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0:
+            result["mlock"] = True
+        else:
+            log.warning("mlockall failed (%s): key material may be swapped to disk",
+                        os.strerror(ctypes.get_errno()))
+    else:
+        log.warning("not root and RLIMIT_MEMLOCK is limited: memory is not locked, key material may be "
+                    "swapped to disk (use encrypted swap, or raise the limit)")
+    return result

@@ -1,0 +1,52 @@
+"""Locking hygiene: lock --all, status --json, the key kept off disk and wiped at lock."""
+
+import json
+import os
+
+import pytest
+
+from conftest import Mount
+
+
+def _daemon_status(pid: int) -> dict:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":", 1) for line in f.read().splitlines())
+
+
+def test_lock_all_locks_every_vault(vault_mount, tmp_path):
+    first = vault_mount
+    (tmp_path / "second").mkdir()
+    second = Mount(tmp_path / "second", first.env["E2EFS_RUNTIME_DIR"])
+    try:
+        for m in (first, second):
+            m.cli("mount", m.vault, m.path, "--password-file", m.password_file, "--log", m.log)
+        status = json.loads(first.cli("status", "--json").stdout)
+        assert sorted(e["mountpoint"] for e in status) == sorted([first.path, second.path])
+        with open(second.p("chat.txt"), "w") as f:
+            f.write("written just before lock --all")
+        first.cli("lock", "--all")
+        assert not os.path.ismount(first.path) and not os.path.ismount(second.path)
+        assert json.loads(first.cli("status", "--json").stdout) == []
+        second.mount()
+        with open(second.p("chat.txt")) as f:
+            assert f.read() == "written just before lock --all"
+    finally:
+        second.teardown()
+
+
+def test_lock_needs_a_mount_point_or_all(vault_mount):
+    done = vault_mount.cli("lock", check=False)
+    assert done.returncode == 2 and "--all" in done.stderr
+
+
+def test_daemon_locks_memory_and_wipes_the_key(mounted):
+    if os.geteuid() != 0:
+        pytest.skip("mlockall of the whole daemon needs root (or an unlimited RLIMIT_MEMLOCK)")
+    status = _daemon_status(mounted.proc.pid)
+    assert int(status["VmLck"].split()[0]) > 0          # mlockall held: nothing of the daemon can be swapped
+    with open(f"/proc/{mounted.proc.pid}/cmdline", "rb") as f:
+        assert b"correct horse" not in f.read()
+    mounted.unmount()
+    log = mounted.log_text()
+    assert "memory locked: True; core dumps off: True" in log
+    assert "key wiped from memory" in log
