@@ -1,0 +1,62 @@
+"""The bench harness's arithmetic and arguments (no mount, nothing timed)."""
+
+import importlib.util
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench.py")
+_spec = importlib.util.spec_from_file_location("bench", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_sizes_parse_binary_units():
+    assert bench.parse_size("256M") == 256 << 20
+    assert bench.parse_size("1G") == bench.parse_size("1GiB") == 1 << 30
+    assert bench.parse_size("4k") == 4096
+    assert bench.parse_size("12345") == 12345
+
+
+def test_defaults_match_the_issue_and_quick_is_small():
+    a = bench.parse_args([])
+    assert (a.size, a.rand_size, a.files, a.rows, a.transactions, a.runs) == (1 << 30, 256 << 20, 2000, 10000, 100, 3)
+    assert a.only == list(bench.WORKLOADS) and a.export_size == a.size
+    q = bench.parse_args(["--quick", "--files", "50"])
+    assert q.runs == 1 and q.size < a.size and q.files == 50
+
+
+def test_bad_arguments_are_usage_errors():
+    for argv in (["--only", "write,nope"], ["--fs", "cryfs"], ["--size", "1500K"], ["--runs", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+
+
+def test_rates_compare_with_the_best_peer_and_plain_is_not_a_peer():
+    row = {"plain": 5000.0, "e2efs": 300.0, "gocryptfs": 150.0, "securefs": 200.0}
+    r, ref = bench.ratio("write", row)
+    assert ref == "securefs" and r == pytest.approx(1.5)
+    assert bench.verdict("write", row)[1] == "PASS"
+    row["e2efs"] = 299.0
+    assert bench.verdict("write", row)[1] == "MISS"
+
+
+def test_times_compare_with_the_fastest_peer():
+    row = {"plain": 0.1, "e2efs": 1.0, "gocryptfs": 2.0, "securefs": 0.8}
+    r, ref = bench.ratio("untar", row)
+    assert ref == "securefs" and r == pytest.approx(1.25)
+    assert bench.verdict("untar", row)[1] == "MISS"
+
+
+def test_missing_peers_and_failures():
+    assert bench.ratio("write", {"e2efs": 100.0, "gocryptfs": "missing", "securefs": "missing"}) == (None, None)
+    assert bench.verdict("write", {"e2efs": "FAIL", "gocryptfs": 1.0})[1] == "FAIL"
+    assert bench.median([3.0, "FAIL", 1.0, 2.0]) == 2.0 and bench.median(["FAIL"]) is None
+
+
+def test_offline_rows_compare_with_cp_and_mount_is_absolute():
+    r, ref = bench.ratio("import", {"plain": 1000.0, "e2efs": 600.0})
+    assert ref == "cp -a" and r == pytest.approx(0.6)
+    assert bench.verdict("import", {"plain": 1000.0, "e2efs": 600.0})[1] == "PASS"
+    assert bench.verdict("mount", {"e2efs": 0.25, "gocryptfs": 0.05})[1] == "PASS"
+    assert bench.verdict("mount", {"e2efs": 0.35, "gocryptfs": 0.05})[1] == "MISS"
