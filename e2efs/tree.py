@@ -128,9 +128,11 @@ class Tree:
         path = os.path.join(d.path, side_record_name(long_stem))
         try:
             with open(path, "rb") as f:
-                stem = f.read(1024).decode("ascii", "replace").strip()
+                stem = f.read(1024).decode("ascii").strip()
         except FileNotFoundError:
             raise CorruptData("long-name side record is missing") from None
+        except UnicodeDecodeError:
+            raise CorruptData("long-name side record is not ASCII (damaged)") from None
         if long_stem_name(stem) != long_stem:
             raise CorruptData("long-name side record does not match its entry")
         return stem

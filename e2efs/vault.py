@@ -187,7 +187,7 @@ class VaultFile:
     def parse(cls, raw: bytes, label: str) -> "VaultFile":
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise VaultCorrupt(f"{label} is not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise VaultCorrupt(f"{label} is not an e2efs vault file")
