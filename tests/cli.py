@@ -34,21 +34,26 @@ def init_vault(tmp_path, name="vault", password=PASSWORD, *extra):
     return vault, pw, key
 
 
-def tree_snapshot(root) -> dict:
-    """path -> (type, mode, content or link target, mtime_ns) for comparing two trees."""
-    snap = {}
+def walk_paths(root):
+    """(path relative to root, absolute path) of everything below ``root``."""
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            st = os.lstat(path)
-            if os.path.islink(path):
-                snap[rel] = ("link", os.readlink(path))
-            elif os.path.isdir(path):
-                snap[rel] = ("dir", oct(st.st_mode), st.st_mtime_ns)
-            elif os.path.isfile(path):
-                with open(path, "rb") as f:
-                    snap[rel] = ("file", oct(st.st_mode), f.read(), st.st_mtime_ns)
-            else:
-                snap[rel] = ("other", oct(st.st_mode))
+            yield os.path.relpath(path, root), path
+
+
+def tree_snapshot(root) -> dict:
+    """path -> (type, mode, content or link target, mtime_ns) for comparing two trees."""
+    snap = {}
+    for rel, path in walk_paths(root):
+        st = os.lstat(path)
+        if os.path.islink(path):
+            snap[rel] = ("link", os.readlink(path))
+        elif os.path.isdir(path):
+            snap[rel] = ("dir", oct(st.st_mode), st.st_mtime_ns)
+        elif os.path.isfile(path):
+            with open(path, "rb") as f:
+                snap[rel] = ("file", oct(st.st_mode), f.read(), st.st_mtime_ns)
+        else:
+            snap[rel] = ("other", oct(st.st_mode))
     return snap

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from cli import run
+from cli import run, walk_paths
 
 FIXTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "vault-v*.json")))
 
@@ -20,17 +20,14 @@ def _expected(manifest_path):
 
 def _exported_manifest(root) -> dict:
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            if os.path.islink(path):
-                out[rel] = "link:" + os.readlink(path)
-            elif os.path.isdir(path):
-                out[rel] = "dir"
-            else:
-                with open(path, "rb") as f:
-                    out[rel] = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+    for rel, path in walk_paths(root):
+        if os.path.islink(path):
+            out[rel] = "link:" + os.readlink(path)
+        elif os.path.isdir(path):
+            out[rel] = "dir"
+        else:
+            with open(path, "rb") as f:
+                out[rel] = "sha256:" + hashlib.sha256(f.read()).hexdigest()
     return out
 
 
