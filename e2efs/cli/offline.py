@@ -198,23 +198,42 @@ def cmd_cat(args) -> int:
 # -- fsck ---------------------------------------------------------------------
 
 def cmd_fsck(args) -> int:
+    from ..repair import refuse_if_mounted, repair
+    if args.truncate and not args.repair:
+        raise UsageError("--truncate only makes sense with --repair")
+    if args.repair:
+        refuse_if_mounted(args.vault)
     tree = open_tree(args)
     started = time.monotonic()
     with Progress("fsck", folder_bytes(args.vault), args.quiet or args.json) as progress:
         report = check(tree, progress)
+    actions, left = [], []
+    if args.repair:
+        done = repair(tree, report, truncate=args.truncate)
+        actions, left = done.actions, done.left
+        tree = open_tree(args)          # what is there now: a fresh look, vault file included
+        report = check(tree)
     problems = [("vault file", w) for w in tree.vault.warnings] + report.problems
     if args.json:
         print_json({"dirs": report.dirs, "files": report.files, "bytes": report.bytes,
-                     "problems": [{"path": p, "reason": r} for p, r in problems]})
+                     "problems": [{"path": p, "reason": r} for p, r in problems],
+                     "repairs": actions, "not_repaired": [{"path": p, "reason": r} for p, r in left],
+                     "lost_found": [{"path": p, "reason": r} for p, r in report.notes]})
     else:
+        for action in actions:
+            print(f"REPAIRED {action}")
         for path, reason in problems:
             print(f"CORRUPT {path}: {reason}")
+        if report.notes and not args.quiet:
+            print(f"note: {len(report.notes)} damaged item(s) set aside in /lost+found by an earlier repair")
         if not args.quiet:
             print(f"checked {report.files} files in {report.dirs} folders, {human(report.bytes)} "
                   f"in {time.monotonic() - started:.1f} s: "
-                  + (f"{len(problems)} problem(s)" if problems else "no problems"))
+                  + (f"{len(actions)} repair(s), " if args.repair else "")
+                  + (f"{len(problems)} problem(s)" + (" left" if args.repair else "") if problems else "no problems"))
     if problems:
-        raise CorruptData(f"fsck found {len(problems)} problem(s) in {args.vault}")
+        raise CorruptData(f"fsck found {len(problems)} problem(s) in {args.vault}"
+                          + ("" if args.repair else " (e2efs fsck --repair fixes what can be fixed)"))
     return 0
 
 
@@ -283,10 +302,16 @@ def register(sub) -> None:
     add_secret_options(p)
     p.set_defaults(func=cmd_cat)
 
-    p = sub.add_parser("fsck", help="authenticate every name and every block",
-                       description="Read-only check of the whole vault. Exit 0 when everything "
-                                   "authenticates, 16 when anything is corrupt (each problem is printed). "
+    p = sub.add_parser("fsck", help="authenticate every name and every block (--repair to fix)",
+                       description="Check of the whole vault, read-only unless --repair. Exit 0 when everything "
+                                   "authenticates (after --repair: when nothing is left to fix), 16 when anything "
+                                   "is corrupt (each problem is printed), 26 when --repair meets a mounted vault. "
                                    "Example: e2efs fsck ~/Drive/chats-vault")
     p.add_argument("vault")
+    p.add_argument("--repair", action="store_true",
+                   help="move damaged files to /lost+found, delete leftover temp files and orphaned name "
+                        "records, rewrite a damaged vault file copy; prints every action")
+    p.add_argument("--truncate", action="store_true",
+                   help="with --repair: cut a damaged file to its last good block instead of moving it")
     _common(p)
     p.set_defaults(func=cmd_fsck)
