@@ -82,6 +82,26 @@ class LastKeySlot(E2efsError):
     exit_code = 25
 
 
+class VaultMounted(E2efsError):
+    """Refused: the vault is mounted on this machine (unmount it first)."""
+    exit_code = 26
+
+
+class RekeyInProgress(E2efsError):
+    """Refused: an interrupted ``e2efs rekey`` must be finished first."""
+    exit_code = 27
+
+
+class NotConfirmed(E2efsError):
+    """Refused: a destructive command was not confirmed."""
+    exit_code = 28
+
+
+class VerificationFailed(E2efsError):
+    """A copy did not match its source when read back; nothing was removed."""
+    exit_code = 29
+
+
 EXIT_CODES = {
     "OK": 0,
     "GENERIC": E2efsError.exit_code,

@@ -4,13 +4,18 @@ Both directions write nothing that could pass for a finished result: import
 commits each file by rename when it is complete, export builds the tree in a
 hidden sibling folder and renames it into place only when every file has
 been decrypted and authenticated.
+
+``import_tree(..., in_place=True)`` removes each plaintext source file only
+after its ciphertext is committed, its folder fsync'd, and the file read back
+through the vault and compared with the source.  ``verify_export`` compares a
+plain folder with the vault entry by entry (``e2efs disable``).
 """
 
 import os
 import shutil
 import stat
 
-from .errors import DestinationNotEmpty, IOFailure, NoSpace
+from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace, VerificationFailed
 from .names import Kind
 from .tree import Dir, Tree
 
@@ -42,16 +47,65 @@ def _read_chunks(path: str):
 class Stats:
     def __init__(self):
         self.files = self.dirs = self.bytes = 0
+        self.removed = 0            # plaintext source files removed (import --in-place)
+        self.kept: list[str] = []   # source files not removed: they changed while being imported
 
 
-def import_tree(tree: Tree, source: str, progress=None) -> Stats:
-    """Encrypt the plain folder ``source`` into the vault root, merging by name."""
+def import_tree(tree: Tree, source: str, progress=None, in_place: bool = False) -> Stats:
+    """Encrypt the plain folder ``source`` into the vault root, merging by name.
+    With ``in_place``, each source file is removed once its ciphertext is
+    committed and verified, and each emptied subfolder after it (``source``
+    itself stays)."""
     stats = Stats()
-    _import_dir(tree, os.fsencode(source), tree.root, stats, progress)
+    _import_dir(tree, os.fsencode(source), tree.root, stats, progress, in_place)
     return stats
 
 
-def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress) -> None:
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def _verify_imported(tree: Tree, d: Dir, entry, path: bytes, st: os.stat_result) -> None:
+    """Read the committed entry back through the vault and compare it with the source."""
+    shown = os.fsdecode(path)
+    try:
+        if entry.kind is Kind.SYMLINK:
+            same = tree.readlink(d, entry) == os.readlink(path)
+        elif entry.kind is Kind.NODE:
+            same = tree.node_info(d, entry) == (stat.S_IFMT(st.st_mode), st.st_rdev)
+        else:
+            same = _content_equals(tree, tree.path(d, entry), path)
+    except CorruptData as exc:
+        raise VerificationFailed(f"{shown}: reading it back from the vault failed ({exc}); it was not removed") from None
+    if not same:
+        raise VerificationFailed(f"{shown}: the vault's copy differs from it; it was not removed")
+
+
+def _content_equals(tree: Tree, cipher_path: str, plain_path) -> bool:
+    content = tree.open_content(cipher_path)
+    try:
+        with open(plain_path, "rb") as f:
+            offset = 0
+            while True:
+                plain = f.read(CHUNK)
+                if content.read(offset, CHUNK) != plain:
+                    return False
+                if not plain:
+                    return offset == content.size
+                offset += len(plain)
+    finally:
+        os.close(content.fd)
+
+
+def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, in_place: bool = False) -> None:
     try:
         names = sorted(os.listdir(src))
     except OSError as exc:
@@ -64,9 +118,12 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress) -> None:
             existing = tree.lookup(d, name)
             if stat.S_ISDIR(st.st_mode):
                 entry = existing if existing and existing.kind is Kind.DIR else tree.mkdir(d, name, 0o700)
-                _import_dir(tree, path, tree.subdir(d, entry), stats, progress)
+                _import_dir(tree, path, tree.subdir(d, entry), stats, progress, in_place)
                 _keep_metadata(tree.path(d, entry), st)
                 stats.dirs += 1
+                if in_place and not os.listdir(path):
+                    _fsync_dir(d.path)
+                    os.rmdir(path)
                 continue
             if stat.S_ISREG(st.st_mode):
                 entry = tree.write_file(d, name, _read_chunks(path))
@@ -79,6 +136,14 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress) -> None:
                 continue                  # sockets belong to a running program, not a backup
             _keep_metadata(tree.path(d, entry), st, mode=entry.kind is not Kind.SYMLINK)
             stats.files += 1
+            if in_place:
+                _fsync_dir(d.path)               # the commit is durable before the plaintext goes
+                if not _same_file(st, os.lstat(path)):
+                    stats.kept.append(shown)     # written to while we read it: keep the plaintext
+                else:
+                    _verify_imported(tree, d, entry, path, st)
+                    os.unlink(path)
+                    stats.removed += 1
             if progress:
                 progress(shown, st.st_size)
         except OSError as exc:
@@ -153,3 +218,44 @@ def authenticate_file(tree: Tree, source: str) -> int:
         return content.size
     finally:
         os.close(content.fd)
+
+
+def verify_export(tree: Tree, dest: str, progress=None) -> None:
+    """Compare ``dest`` with the vault: the same entries, kinds, link targets,
+    special files and (decrypted again) file contents, and nothing else."""
+    _verify_dir(tree, tree.root, os.fsencode(dest), progress)
+
+
+def _verify_dir(tree: Tree, d: Dir, out: bytes, progress) -> None:
+    entries = tree.entries(d)
+    try:
+        found = set(os.listdir(out))
+    except OSError as exc:
+        raise VerificationFailed(f"cannot read {os.fsdecode(out)}: {exc.strerror}") from None
+    extra = found - set(entries)
+    missing = set(entries) - found
+    if extra or missing:
+        what = sorted(missing)[0] if missing else sorted(extra)[0]
+        raise VerificationFailed(f"{os.fsdecode(os.path.join(out, what))}: "
+                                 + ("missing from the copy" if missing else "in the copy but not in the vault"))
+    for name, entry in sorted(entries.items()):
+        target = os.path.join(out, name)
+        shown = os.fsdecode(target)
+        st = os.lstat(target)
+        kind_ok = {Kind.DIR: stat.S_ISDIR, Kind.SYMLINK: stat.S_ISLNK, Kind.FILE: stat.S_ISREG}.get(
+            entry.kind, lambda m: not (stat.S_ISDIR(m) or stat.S_ISLNK(m) or stat.S_ISREG(m)))(st.st_mode)
+        if not kind_ok:
+            raise VerificationFailed(f"{shown}: not the same kind of file as in the vault")
+        if entry.kind is Kind.DIR:
+            _verify_dir(tree, tree.subdir(d, entry), target, progress)
+            continue
+        if entry.kind is Kind.SYMLINK:
+            same = tree.readlink(d, entry) == os.readlink(target)
+        elif entry.kind is Kind.NODE:
+            same = tree.node_info(d, entry) == (stat.S_IFMT(st.st_mode), st.st_rdev)
+        else:
+            same = _content_equals(tree, tree.path(d, entry), target)
+        if not same:
+            raise VerificationFailed(f"{shown}: differs from the vault's copy")
+        if progress:
+            progress(shown, st.st_size)

@@ -19,8 +19,8 @@ from . import crypto
 from .blocks import HEADER_LEN, Layout
 from .content import Header
 from .crypto import Keys
-from .errors import (CorruptData, IOFailure, NoSpace, NotFoundInVault, VaultCorrupt, VaultNotFound, VaultTooNew,
-                     WrongSecret)
+from .errors import (CorruptData, IOFailure, NoSpace, NotFoundInVault, RekeyInProgress, VaultCorrupt, VaultNotFound,
+                     VaultTooNew, WrongSecret)
 from .names import Kind, parse_backing_name
 
 VAULT_FILE = "e2efs.vault"
@@ -33,6 +33,8 @@ SLOT_AAD = b"e2efs v1 password slot"
 KEYFILE_SLOT_AAD = b"e2efs v1 keyfile slot"
 LABEL_KEYFILE_SLOT = b"e2efs v1 keyfile kek "    # followed by the slot salt
 SALT_LEN = 16
+LABEL_REKEY_KEK = b"e2efs v1 rekey kek"
+REKEY_AAD = b"e2efs v1 rekey"
 
 
 def _b64(data: bytes) -> str:
@@ -160,6 +162,34 @@ def _positive_int(value) -> int:
 
 
 @dataclass
+class RekeyState:
+    """Present only while ``e2efs rekey`` runs: the new master key K' wrapped under
+    a key derived from the current K, so any secret that opens K can resume."""
+    nonce: bytes
+    wrapped: bytes
+
+    @classmethod
+    def wrap(cls, master: bytes, new_master: bytes) -> "RekeyState":
+        nonce, wrapped = crypto.aead_seal(crypto.hkdf(master, LABEL_REKEY_KEK), new_master, REKEY_AAD)
+        return cls(nonce, wrapped)
+
+    def unwrap(self, master: bytes) -> bytes | None:
+        return crypto.aead_open(crypto.hkdf(master, LABEL_REKEY_KEK), self.nonce, self.wrapped, REKEY_AAD)
+
+    def to_json(self) -> dict:
+        return {"nonce": _b64(self.nonce), "wrapped_key": _b64(self.wrapped)}
+
+    @classmethod
+    def from_json(cls, doc) -> "RekeyState":
+        if not isinstance(doc, dict) or set(doc) != {"nonce", "wrapped_key"}:
+            raise ValueError("malformed rekey field")
+        state = cls(_unb64(doc["nonce"]), _unb64(doc["wrapped_key"]))
+        if len(state.nonce) != crypto.NONCE_LEN or len(state.wrapped) != crypto.MASTER_KEY_LEN + crypto.TAG_LEN:
+            raise ValueError("malformed rekey field")
+        return state
+
+
+@dataclass
 class VaultFile:
     """The parsed, not yet authenticated, content of one vault file copy."""
     version: int
@@ -167,12 +197,16 @@ class VaultFile:
     key_check: bytes
     slots: list = field(default_factory=list)     # PasswordSlot | KeyFileSlot
     mac: bytes = b""
+    rekey: RekeyState | None = None
 
     def body(self) -> dict:
-        return {
+        body = {
             "format": FORMAT_NAME, "version": self.version, "block_size": self.block_size,
             "key_check": _b64(self.key_check), "slots": [s.to_json() for s in self.slots],
         }
+        if self.rekey is not None:
+            body["rekey"] = self.rekey.to_json()
+        return body
 
     def serialize(self, keys: Keys) -> bytes:
         body = self.body()
@@ -205,7 +239,8 @@ class VaultFile:
             block_size = _positive_int(doc["block_size"])
             Layout(block_size)
             slots = [slot_from_json(s) for s in doc["slots"]]
-            vf = cls(version, block_size, _unb64(doc["key_check"]), slots, _unb64(doc["mac"]))
+            rekey = RekeyState.from_json(doc["rekey"]) if "rekey" in doc else None
+            vf = cls(version, block_size, _unb64(doc["key_check"]), slots, _unb64(doc["mac"]), rekey)
             extra = set(doc) - set(vf.body()) - {"mac"}
             if extra:
                 raise ValueError(f"unknown fields {sorted(extra)}")
@@ -332,15 +367,16 @@ class LockedVault:
     def block_size(self) -> int:
         return self.copies[0].block_size
 
-    def unlock_with_password(self, password: bytes) -> Vault:
+    def unlock_with_password(self, password: bytes, allow_rekey: bool = False) -> Vault:
         return self._unlock_slot(PasswordSlot, password, "wrong password",
-                                 "this vault has no password: unlock it with its 64-digit key (--key-file)")
+                                 "this vault has no password: unlock it with its 64-digit key (--key-file)",
+                                 allow_rekey)
 
-    def unlock_with_keyfile(self, secret: bytes) -> Vault:
+    def unlock_with_keyfile(self, secret: bytes, allow_rekey: bool = False) -> Vault:
         return self._unlock_slot(KeyFileSlot, secret, "wrong key file",
-                                 "not a 64-digit key, and this vault has no key-file slot")
+                                 "not a 64-digit key, and this vault has no key-file slot", allow_rekey)
 
-    def _unlock_slot(self, slot_type, secret: bytes, wrong: str, none: str) -> Vault:
+    def _unlock_slot(self, slot_type, secret: bytes, wrong: str, none: str, allow_rekey: bool) -> Vault:
         tried = set()
         for copy in self.copies:
             for slot in copy.slots:
@@ -349,18 +385,18 @@ class LockedVault:
                 tried.add(slot.id)
                 master = slot.unwrap(secret)
                 if master is not None:
-                    vault = self._open(master)
+                    vault = self._open(master, allow_rekey)
                     vault.unlocked_slot = slot.id
                     return vault
         raise WrongSecret(wrong if tried else none)
 
-    def unlock_with_key(self, master: bytes) -> Vault:
+    def unlock_with_key(self, master: bytes, allow_rekey: bool = False) -> Vault:
         expected = key_check(master)
         if not any(hmac.compare_digest(c.key_check, expected) for c in self.copies):
             raise WrongSecret("wrong key: this 64-digit key does not belong to this vault")
-        return self._open(master)
+        return self._open(master, allow_rekey)
 
-    def _open(self, master: bytes) -> Vault:
+    def _open(self, master: bytes, allow_rekey: bool = False) -> Vault:
         keys = Keys(master)
         warnings = list(self.damaged)
         good = [c for c in self.copies if c.authentic(keys)]
@@ -371,6 +407,10 @@ class LockedVault:
             raise VaultCorrupt(
                 f"vault file in {self.root} fails authentication: its parameters were modified; refusing to use it"
             )
+        if good[0].rekey is not None and not allow_rekey:
+            raise RekeyInProgress(
+                f"an interrupted 'e2efs rekey' has not finished in {self.root}: run 'e2efs rekey {self.root}' "
+                "again with the same secret to finish it")
         return Vault(self.root, good[0], keys, warnings)
 
 

@@ -49,3 +49,24 @@ def kdf_from_args(args) -> KdfParams:
     if kdf.memory_kib < 8 * kdf.parallelism or kdf.time_cost < 1 or kdf.parallelism < 1:
         raise UsageError("--kdf-memory must be at least 8 KiB per lane, --kdf-time and --kdf-parallelism at least 1")
     return kdf
+
+
+def add_output_options(parser, json_help: str = "print a machine-readable summary as JSON on stdout",
+                       quiet_help: str = "print nothing but errors (the exit code tells the outcome)") -> None:
+    """--json and -q/--quiet, the same on every command that prints a result."""
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+
+
+def say(args, *lines) -> None:
+    """Human-readable lines on stdout, unless --quiet or --json."""
+    if not (getattr(args, "quiet", False) or getattr(args, "json", False)):
+        for line in lines:
+            print(line)
+
+
+def print_key_block(key: str) -> None:
+    """The 64-digit key, 4 groups of 4 per line, indented (init and rekey)."""
+    groups = key.split()
+    for i in range(0, 16, 4):
+        print("    " + " ".join(groups[i:i + 4]))

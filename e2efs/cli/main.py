@@ -6,9 +6,9 @@ import sys
 
 from .. import __version__
 from ..errors import E2efsError
-from . import keys, mount, offline
+from . import completion, keys, lifecycle, mount, offline
 
-COMMAND_MODULES = [offline, keys, mount]
+COMMAND_MODULES = [offline, keys, lifecycle, mount, completion]
 
 DESCRIPTION = """\
 e2efs keeps chat backups end-to-end encrypted in a folder that a cloud client syncs.

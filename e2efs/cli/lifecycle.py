@@ -1,0 +1,276 @@
+"""The key's and the vault's life cycle beyond the vault file: rekey (a new K,
+every file re-encrypted) and disable (decrypt everything, verify, remove the vault)."""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from .. import crypto
+from ..errors import (BadKeyFormat, DestinationNotEmpty, IOFailure, NotConfirmed, SecretInputError, UsageError,
+                      WrongSecret)
+from ..rekey import check_not_mounted, half_finished, rekey
+from ..strength import check_password
+from ..transfer import export_tree, verify_export
+from ..tree import Tree
+from ..vault import KeyFileSlot, LockedVault, PasswordSlot
+from .common import add_kdf_options, add_output_options, human, kdf_from_args, print_json, print_key_block, say
+from .offline import KEY_WARNING
+from .progress import Progress, folder_bytes
+from .secrets import (_prompt, _run_command, _strip_newline, add_new_password_options, add_secret_options,
+                      read_new_password, read_secret_file, unlock)
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+# -- rekey --------------------------------------------------------------------
+
+def unlock_keeping_secret(args, locked: LockedVault):
+    """Like secrets.unlock, but also returns which secret opened the vault
+    ("password", "keyfile" or "key") and its bytes, so that rekey can wrap the
+    new key under the same secret. A vault in the middle of a rekey opens."""
+    if args.key_file:
+        data = read_secret_file(args.key_file, "key")
+        try:
+            master = crypto.parse_recovery_key(data.decode("ascii", "replace"))
+        except BadKeyFormat:
+            if not locked.has_keyfile:
+                raise
+            return locked.unlock_with_keyfile(data, allow_rekey=True), "keyfile", data
+        return locked.unlock_with_key(master, allow_rekey=True), "key", None
+    if args.password_file or args.password_command:
+        password = (_strip_newline(read_secret_file(args.password_file, "password")) if args.password_file
+                    else _run_command(args.password_command))
+        return locked.unlock_with_password(password, allow_rekey=True), "password", password
+    if not locked.has_password:
+        return locked.unlock_with_key(crypto.parse_recovery_key(_prompt("64-digit key: ")), allow_rekey=True), \
+            "key", None
+    typed = _prompt("Password (or 64-digit key): ")
+    try:
+        return locked.unlock_with_password(typed.encode(), allow_rekey=True), "password", typed.encode()
+    except WrongSecret:
+        try:
+            master = crypto.parse_recovery_key(typed)
+        except BadKeyFormat:
+            raise WrongSecret("wrong password") from None
+        return locked.unlock_with_key(master, allow_rekey=True), "key", None
+
+
+def cmd_rekey(args) -> int:
+    root = args.vault
+    check_not_mounted(root, "rekey")
+    locked = LockedVault.read(root)
+    vault, kind, secret = unlock_keeping_secret(args, locked)
+    for warning in vault.warnings:
+        print(f"e2efs: warning: {warning}", file=sys.stderr)
+    if half_finished(locked, vault):
+        vault.save()              # the other copy still held the old key's rekey state
+        key = crypto.format_recovery_key(vault.keys.master)
+        if args.json:
+            print_json({"vault": os.path.abspath(root), "recovery_key": key, "resumed": True, "files": 0,
+                        "names": 0, "dirs": 0, "bytes": 0, "already_done": 0, "seconds": 0,
+                        "slots": [{"id": s.id, "type": s.TYPE} for s in vault.slots], "dropped_slots": []})
+        elif args.quiet:
+            print(key)
+        else:
+            print("The interrupted rekey had already switched to the new key; the second copy of the vault file "
+                  "is now written too. The new 64-digit key is:\n")
+            print_key_block(key)
+        return 0
+    old_slots = list(vault.slots)
+    unlocking = next((s for s in old_slots if s.id == vault.unlocked_slot), None)
+
+    new_password = None
+    if args.new_password_file or args.new_password_command:
+        new_password = read_new_password(args.new_password_file, args.new_password_command)
+    elif kind == "key" and not args.key_only:
+        if not sys.stdin.isatty():
+            raise SecretInputError("unlocked with the 64-digit key: give the new password with --new-password-file "
+                                   "or --new-password-command, or pass --key-only to keep no password")
+        new_password = read_new_password(None, None)
+    if new_password is not None and not args.allow_weak_password:
+        check_password(new_password)
+    kdf = kdf_from_args(args)
+    if kind == "password" and new_password is None and isinstance(unlocking, PasswordSlot):
+        kdf = unlocking.kdf                       # the same password keeps its cost
+
+    def make_slots(new_master: bytes) -> list:
+        slots = []
+        if kind == "keyfile":
+            slots.append(KeyFileSlot.wrap(new_master, secret))
+        if new_password is not None:
+            slots.append(PasswordSlot.wrap(new_master, new_password, kdf))
+        elif kind == "password":
+            slots.append(PasswordSlot.wrap(new_master, secret, kdf))
+        return slots
+
+    kept = unlocking if unlocking is not None and (kind == "keyfile" or new_password is None) else None
+    replaced = unlocking if kind == "password" and new_password is not None else None
+    dropped = [s for s in old_slots if s is not kept and s is not replaced]
+    if vault.file.rekey is not None:
+        say(args, f"Resuming the interrupted rekey of {root}.")
+    else:
+        say(args, f"Re-encrypting every file and name in {root} under a new key.")
+
+    shown_key = {}
+
+    def announce(new_master: bytes) -> None:
+        key = crypto.format_recovery_key(new_master)
+        shown_key["key"] = key
+        if args.json:
+            return
+        if args.quiet:
+            print(key, flush=True)
+            return
+        print("\nYour NEW 64-digit key (the old one no longer opens this vault):\n")
+        print_key_block(key)
+        print()
+        print(KEY_WARNING[bool(new_password is not None or kind != "key")], flush=True)
+
+    started = time.monotonic()
+    with Progress("rekey", folder_bytes(root), args.quiet or args.json) as progress:
+        result = rekey(vault, make_slots, progress, announce)
+    stats = result.stats
+    secs = time.monotonic() - started
+    new_slots = LockedVault.read(root).copies[0].slots
+    if args.json:
+        print_json({"vault": os.path.abspath(root), "recovery_key": shown_key["key"], "resumed": result.resumed,
+                    "files": stats.files, "names": stats.names, "dirs": stats.dirs, "bytes": stats.bytes,
+                    "already_done": stats.already, "seconds": round(secs, 3),
+                    "slots": [{"id": s.id, "type": s.TYPE} for s in new_slots],
+                    "dropped_slots": [{"id": s.id, "type": s.TYPE} for s in dropped]})
+        return 0
+    say(args,
+        f"\nRekeyed {root}: {stats.files} files ({human(stats.bytes)}) re-encrypted and {stats.names} names "
+        f"renamed in {secs:.1f} s" + (f"; {stats.already} were already done by the interrupted run" if stats.already
+                                      else "") + ".",
+        "Opens now with: " + (", ".join(f"key slot {s.id} ({s.describe()})" for s in new_slots) or "nothing but")
+        + (" and " if new_slots else " ") + "the new 64-digit key above.")
+    if dropped:
+        say(args, "Dropped key slots (they belonged to the old key; add them again with 'e2efs key add'): "
+            + ", ".join(f"{s.id} ({s.describe()})" for s in dropped) + ".")
+    say(args, "Hard-linked files, if any, are now separate copies.",
+        "Old versions of the vault kept by your cloud provider (file history, trash) are still encrypted under "
+        "the OLD key: delete them there if that key may have leaked.")
+    return 0
+
+
+# -- disable ------------------------------------------------------------------
+
+def _confirm(args, root: str, dest: str) -> None:
+    if args.yes_i_understand:
+        return
+    name = os.path.basename(os.path.abspath(root))
+    print(f"This decrypts every file of {root} into {dest}, checks the copy, and then DELETES the vault "
+          f"folder {root} (the encrypted copy your cloud client syncs).\n"
+          f"Type the vault folder's name ({name}) to go on: ", end="", file=sys.stderr, flush=True)
+    typed = sys.stdin.readline()
+    if not typed:
+        raise NotConfirmed("not confirmed: type the vault folder's name when asked, or pass --yes-i-understand "
+                           "in scripts; nothing was changed")
+    if typed.strip() != name:
+        raise NotConfirmed(f"the typed name does not match {name!r}; nothing was changed")
+
+
+def cmd_disable(args) -> int:
+    root, dest = args.vault, args.dest
+    real_root, real_dest = os.path.realpath(root), os.path.realpath(dest)
+    if real_dest == real_root or real_dest.startswith(real_root + os.sep):
+        raise UsageError(f"{dest} is inside the vault folder, which disable deletes: choose a folder outside it")
+    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise DestinationNotEmpty(f"{dest} exists and is not an empty folder; disable needs a new or empty one")
+    check_not_mounted(root, "disable")
+    vault = unlock(args, root)
+    for warning in vault.warnings:
+        print(f"e2efs: warning: {warning}", file=sys.stderr)
+    _confirm(args, root, dest)
+    tree = Tree(vault)
+    started = time.monotonic()
+    total = folder_bytes(root)
+    with Progress("decrypt", total, args.quiet or args.json) as progress:
+        stats = export_tree(tree, dest, progress)
+    with Progress("verify", total, args.quiet or args.json) as progress:
+        verify_export(Tree(vault), dest, progress)
+    try:
+        shutil.rmtree(root)
+    except OSError as exc:
+        raise IOFailure(f"{dest} is complete and verified, but removing {root} failed ({exc.strerror}): "
+                        "remove it by hand") from None
+    secs = time.monotonic() - started
+    if args.json:
+        print_json({"vault": os.path.abspath(root), "dest": os.path.abspath(dest), "files": stats.files,
+                    "dirs": stats.dirs, "bytes": stats.bytes, "verified": True, "vault_removed": True,
+                    "seconds": round(secs, 3)})
+        return 0
+    say(args, f"Decrypted {stats.files} files in {stats.dirs} folders ({human(stats.bytes)}) into {dest}, "
+              f"verified every one, and removed the vault {root} in {secs:.1f} s.",
+        "Encryption is off: the files in the destination are plaintext. Copies of the vault your cloud "
+        "provider keeps (history, trash) are still encrypted and still open with the old password or key.")
+    return 0
+
+
+# -- registration -------------------------------------------------------------
+
+REKEY_DESCRIPTION = """\
+Replace the vault's master key (the 64-digit key) by a new random one and
+re-encrypt every file's content and every name under it. Use it when the key,
+a password or a key file may have leaked: 'e2efs passwd' and 'e2efs key remove'
+change only the vault file, so old copies of it still open with the old secret.
+
+The new 64-digit key is printed once, like at init. The secret you unlock with
+keeps working (rewrapped under the new key), or is replaced with
+--new-password-file; every other password and key file is dropped and listed.
+Unlocking with the old 64-digit key asks for a new password (or --key-only).
+
+Interrupt it at any point (Ctrl-C, crash, power loss) and run the same command
+again with the same secret: it continues where it stopped. Every file stays
+readable meanwhile by this command; the other commands refuse the vault until it
+has finished. Hard-linked files become separate copies.
+
+example:
+  e2efs rekey ~/Drive/chats-vault
+  e2efs rekey ~/Drive/chats-vault --password-file old.pw --new-password-file new.pw
+
+It never runs while the vault is mounted on this machine (exit 26); unmount
+first, and make sure no other machine writes to the vault while it runs. It
+cannot reach old versions of the files your cloud provider keeps: those stay
+under the old key.
+"""
+
+DISABLE_DESCRIPTION = """\
+Turn encryption off: decrypt every file into DEST (new or empty), read every
+file back and compare it with the vault, and only then delete the vault folder.
+Asks for the secret and for the vault folder's name typed back as confirmation
+(--yes-i-understand skips the typing, for scripts).
+
+example:
+  e2efs disable ~/Drive/chats-vault ~/ChatBackup-plain
+
+It never deletes anything if a step fails: a wrong secret, a refused
+confirmation, a file that does not authenticate, a copy that differs (exit 29)
+all leave the vault untouched. It never runs while the vault is mounted.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rekey", help="replace the 64-digit key and re-encrypt everything (resumable)",
+                       description=REKEY_DESCRIPTION, formatter_class=RAW)
+    p.add_argument("vault", help="the vault folder")
+    p.add_argument("--key-only", action="store_true",
+                   help="when unlocking with the 64-digit key: keep no password, only the new key opens the vault")
+    add_output_options(p, quiet_help="print only the new 64-digit key (and errors)")
+    add_secret_options(p)
+    add_new_password_options(p)
+    add_kdf_options(p)
+    p.set_defaults(func=cmd_rekey)
+
+    p = sub.add_parser("disable", help="decrypt everything to a folder, verify, then delete the vault",
+                       description=DISABLE_DESCRIPTION, formatter_class=RAW)
+    p.add_argument("vault", help="the vault folder (deleted at the end)")
+    p.add_argument("dest", help="a new or empty folder for the plaintext")
+    p.add_argument("--yes-i-understand", action="store_true",
+                   help="do not ask to type the vault folder's name (for scripts)")
+    add_output_options(p)
+    add_secret_options(p)
+    p.set_defaults(func=cmd_disable)
