@@ -1,5 +1,6 @@
 """Commands that need no mount: init, info, import, export, ls, cat, fsck."""
 
+import argparse
 import os
 import stat
 import sys
@@ -14,7 +15,7 @@ from ..strength import check_password
 from ..transfer import authenticate_file, export_tree, import_tree
 from ..tree import Tree
 from ..vault import FORMAT_VERSION, LockedVault, Vault, open_with_key_only
-from .common import add_kdf_options, human, kdf_from_args, parse_size, print_json
+from .common import add_kdf_options, add_output_options, human, kdf_from_args, parse_size, print_json, print_key_block
 from .progress import Progress, folder_bytes
 from .secrets import add_secret_options, read_new_password, read_secret_file, unlock
 
@@ -49,6 +50,9 @@ def cmd_init(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     key = crypto.format_recovery_key(master)
+    if args.quiet and not args.json:
+        print(key)                          # the one thing init must always show
+        return 0
     if args.json:
         print_json({"vault": os.path.abspath(root), "recovery_key": key, "block_size": block_size,
                      "password": password is not None})
@@ -56,9 +60,7 @@ def cmd_init(args) -> int:
     print(f"Created vault {root} (format {FORMAT_VERSION}, {human(block_size)} blocks"
           + (f", Argon2id {human(kdf.memory_kib * 1024)} x {kdf.time_cost})." if password else ")."))
     print("\nYour 64-digit " + ("recovery " if password else "") + "key:\n")
-    groups = key.split()
-    for i in range(0, 16, 4):
-        print("    " + " ".join(groups[i:i + 4]))
+    print_key_block(key)
     print()
     print(KEY_WARNING[password is not None])
     return 0
@@ -73,7 +75,10 @@ def cmd_info(args) -> int:
         slots = [{k: v for k, v in s.to_json().items() if k not in ("salt", "nonce", "wrapped_key")} | {"id": s.id}
                  for s in vf.slots]
         print_json({"vault": os.path.abspath(args.vault), "format_version": vf.version,
-                    "block_size": vf.block_size, "slots": slots, "problems": locked.damaged})
+                    "block_size": vf.block_size, "slots": slots, "problems": locked.damaged,
+                    "rekey_in_progress": any(c.rekey is not None for c in locked.copies)})
+        return 0
+    if args.quiet:
         return 0
     print(f"vault:          {os.path.abspath(args.vault)}")
     print(f"format version: {vf.version}")
@@ -81,6 +86,8 @@ def cmd_info(args) -> int:
     for s in vf.slots:
         print(f"key slot {s.id}: {s.describe()}")
     print("unlock with:    " + ("a key slot above or the 64-digit key" if vf.slots else "the 64-digit key only"))
+    if any(c.rekey is not None for c in locked.copies):
+        print("rekey:          an interrupted 'e2efs rekey' must be run again to finish")
     for problem in locked.damaged:
         print(f"problem:        {problem}")
     print("(read without a secret: nothing here is authenticated; 'e2efs fsck' checks everything)")
@@ -99,8 +106,9 @@ def open_tree(args) -> Tree:
             raise
         master = crypto.parse_recovery_key(read_secret_file(args.key_file, "key").decode("ascii", "replace"))
         vault = open_with_key_only(args.vault, master)
-    for warning in vault.warnings:
-        print(f"e2efs: warning: {warning}", file=sys.stderr)
+    if not getattr(args, "quiet", False):
+        for warning in vault.warnings:
+            print(f"e2efs: warning: {warning}", file=sys.stderr)
     return Tree(vault)
 
 
@@ -113,10 +121,10 @@ def _resolve(tree: Tree, path: str):
 
 # -- import / export ----------------------------------------------------------
 
-def _summary(args, verb: str, stats, started: float) -> None:
+def _summary(args, verb: str, stats, started: float, extra: dict | None = None) -> None:
     if args.json:
         print_json({"files": stats.files, "dirs": stats.dirs, "bytes": stats.bytes,
-                    "seconds": round(time.monotonic() - started, 3)})
+                    "seconds": round(time.monotonic() - started, 3), **(extra or {})})
     elif not args.quiet:
         secs = time.monotonic() - started
         print(f"{verb} {stats.files} files in {stats.dirs} folders, {human(stats.bytes)} in {secs:.1f} s")
@@ -128,8 +136,15 @@ def cmd_import(args) -> int:
     tree = open_tree(args)
     started = time.monotonic()
     with Progress("import", folder_bytes(args.source), args.quiet or args.json) as progress:
-        stats = import_tree(tree, args.source, progress)
-    _summary(args, "imported", stats, started)
+        stats = import_tree(tree, args.source, progress, in_place=args.in_place)
+    extra = {"in_place": True, "removed": stats.removed, "kept": stats.kept} if args.in_place else None
+    _summary(args, "imported", stats, started, extra)
+    if args.in_place and not args.json:
+        for path in stats.kept:
+            print(f"e2efs: warning: {path} changed while it was imported: kept (run import again)", file=sys.stderr)
+        if not args.quiet:
+            print(f"removed {stats.removed} plaintext files from {args.source}, each after its encrypted copy "
+                  "was committed and read back")
     return 0
 
 
@@ -161,6 +176,8 @@ def cmd_ls(args) -> int:
         if type_bits is None:
             type_bits = tree.node_info(parent, e)[0]
         name = os.fsdecode(e.name)
+        if args.quiet:
+            continue
         if args.json:
             out.append({"name": name, "type": e.kind.name.lower(), "size": size, "mode": oct(mode),
                         "mtime": st.st_mtime})
@@ -170,7 +187,7 @@ def cmd_ls(args) -> int:
         if e.kind is Kind.SYMLINK:
             suffix = " -> " + os.fsdecode(tree.readlink(parent, e))
         print(f"{stat.filemode(type_bits | mode)} {size:>12} {when} {name}{suffix}")
-    if args.json:
+    if args.json and not args.quiet:
         print_json(out)
     return 0
 
@@ -239,74 +256,157 @@ def cmd_fsck(args) -> int:
 
 # -- registration -------------------------------------------------------------
 
+RAW = argparse.RawDescriptionHelpFormatter
+
+INIT_DESCRIPTION = """\
+Create a vault in a new or empty folder (the one your cloud client syncs). By
+default it is protected by a password you choose (Argon2id, about 1 s and
+256 MiB per guess), and a 64-digit recovery key is shown once: write it down.
+With --key-only there is no password and that key is the only way in.
+
+example:
+  e2efs init ~/Drive/chats-vault
+  e2efs init ~/Drive/chats-vault --password-file pw.txt --json
+
+It never writes into a folder that is not empty, never accepts a weak password
+without --allow-weak-password, and never shows the key again unless you prove a
+secret ('e2efs key show-recovery'). Nobody can reset a forgotten password and a
+lost key.
+"""
+
+INFO_DESCRIPTION = """\
+Show format version, block size, KDF cost and key slots, read from the vault
+file without any secret.
+
+example:
+  e2efs info ~/Drive/chats-vault --json
+
+It never asks for or shows a secret; nothing it prints is authenticated
+('e2efs fsck' checks everything).
+"""
+
+IMPORT_DESCRIPTION = """\
+Turn encryption on for an existing plain folder: encrypt every file, folder,
+symlink and special file under SOURCE into the vault, merging by name (a file
+of the same name in the vault is replaced). SOURCE is not changed, unless
+--in-place: then each plaintext file is removed once its encrypted copy is
+committed, synced to disk and read back through the vault and compared
+byte for byte; emptied subfolders are removed too (SOURCE itself stays).
+
+example:
+  e2efs import ./old-backups ~/Drive/chats-vault
+  e2efs import --in-place ~/WhatsApp/Backups ~/Drive/chats-vault
+
+It never removes a plaintext file whose encrypted copy is not committed and
+verified; a file that changes while it is imported is kept. Sockets are
+skipped.
+"""
+
+EXPORT_DESCRIPTION = """\
+Restore without FUSE: decrypt everything into DEST, which must be new or empty.
+DEST appears only when every file decrypted and authenticated. Works with the
+64-digit key even if both vault files are lost.
+
+example:
+  e2efs export ~/Drive/chats-vault ./restored --key-file key.txt
+
+It never writes into a non-empty folder and never leaves a partial DEST behind.
+"""
+
+LS_DESCRIPTION = """\
+List decrypted names, sizes and times of a folder in the vault (the root by
+default), without mounting.
+
+example:
+  e2efs ls ~/Drive/chats-vault Media --json
+
+It never writes anything; names that fail authentication are skipped and logged.
+"""
+
+CAT_DESCRIPTION = """\
+Decrypt one file to standard output. The whole file is authenticated before the
+first byte is written.
+
+example:
+  e2efs cat ~/Drive/chats-vault msgstore.db > msgstore.db
+
+It never prints a byte of a file that fails authentication.
+"""
+
+FSCK_DESCRIPTION = """\
+Check the whole vault: every name and every block is authenticated, and
+leftovers of interrupted writes and foreign files are reported. Read-only
+unless --repair. Exit 0 when everything authenticates (after --repair: when
+nothing is left to fix), 16 when anything is corrupt (each problem is printed),
+26 when --repair meets a mounted vault.
+
+example:
+  e2efs fsck ~/Drive/chats-vault
+  e2efs fsck --repair ~/Drive/chats-vault
+
+Without --repair it never changes anything; with it, it never deletes a damaged
+file (it is set aside in /lost+found, or cut with --truncate) and never touches
+a mounted vault.
+"""
+
+
 def _common(p, secret=True) -> None:
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    add_output_options(p)
     if secret:
         add_secret_options(p)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("init", help="create a new vault",
-                       description="Create a vault in an empty or new folder. By default it is protected by a "
-                                   "password you choose, and a 64-digit recovery key is shown once. "
-                                   "Example: e2efs init ~/Drive/chats-vault")
-    p.add_argument("vault")
+    p = sub.add_parser("init", help="create a new vault", description=INIT_DESCRIPTION, formatter_class=RAW)
+    p.add_argument("vault", help="a new or empty folder")
     p.add_argument("--key-only", action="store_true",
                    help="no password: the generated 64-digit key is the only way in")
     p.add_argument("--block-size", default="64K", help="plaintext block size, 4K to 1M (default 64K)")
     add_kdf_options(p)
-    p.add_argument("--json", action="store_true", help="print the result (including the key) as JSON")
+    add_output_options(p, json_help="print the result (including the key) as JSON",
+                       quiet_help="print only the 64-digit key (and errors)")
     add_secret_options(p, new=True)
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("info", help="show a vault's parameters (no secret needed)",
-                       description="Show format version, block size, KDF cost and key slots. Needs no "
-                                   "secret and shows none. Example: e2efs info ~/Drive/chats-vault")
+    p = sub.add_parser("info", help="show a vault's parameters (no secret needed)", description=INFO_DESCRIPTION,
+                       formatter_class=RAW)
     p.add_argument("vault")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _common(p, secret=False)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("import", help="encrypt a plain folder into a vault",
-                       description="Encrypt every file, folder and symlink under SOURCE into the vault "
-                                   "(merging by name; existing files are replaced). SOURCE is not changed. "
-                                   "Example: e2efs import ./old-backups ~/Drive/chats-vault")
-    p.add_argument("source")
+    p = sub.add_parser("import", help="encrypt a plain folder into a vault (turn on)",
+                       description=IMPORT_DESCRIPTION, formatter_class=RAW)
+    p.add_argument("source", help="the plain folder")
     p.add_argument("vault")
+    p.add_argument("--in-place", action="store_true",
+                   help="remove each plaintext file after its encrypted copy is committed and verified")
     _common(p)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="decrypt a whole vault into a plain folder",
-                       description="Restore without FUSE: decrypt everything into DEST, which must be new or "
-                                   "empty. DEST appears only when every file decrypted and authenticated. "
-                                   "Works with the 64-digit key even if both vault files are lost. "
-                                   "Example: e2efs export ~/Drive/chats-vault ./restored")
+    p = sub.add_parser("export", help="decrypt a whole vault into a plain folder", description=EXPORT_DESCRIPTION,
+                       formatter_class=RAW)
     p.add_argument("vault")
-    p.add_argument("dest")
+    p.add_argument("dest", help="a new or empty folder")
     _common(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ls", help="list decrypted names, sizes and times",
-                       description="Example: e2efs ls ~/Drive/chats-vault Media")
+    p = sub.add_parser("ls", help="list decrypted names, sizes and times", description=LS_DESCRIPTION,
+                       formatter_class=RAW)
     p.add_argument("vault")
-    p.add_argument("path", nargs="?", default="")
-    p.add_argument("--json", action="store_true", help="print as JSON")
-    add_secret_options(p)
+    p.add_argument("path", nargs="?", default="", help="a folder or file inside the vault (default: the root)")
+    _common(p)
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("cat", help="decrypt one file to standard output",
-                       description="The whole file is authenticated before any byte is written. "
-                                   "Example: e2efs cat ~/Drive/chats-vault msgstore.db > msgstore.db")
+    p = sub.add_parser("cat", help="decrypt one file to standard output", description=CAT_DESCRIPTION,
+                       formatter_class=RAW)
     p.add_argument("vault")
-    p.add_argument("path")
+    p.add_argument("path", help="the file inside the vault")
+    p.add_argument("-q", "--quiet", action="store_true", help="no warnings on stderr, only errors")
     add_secret_options(p)
     p.set_defaults(func=cmd_cat)
 
     p = sub.add_parser("fsck", help="authenticate every name and every block (--repair to fix)",
-                       description="Check of the whole vault, read-only unless --repair. Exit 0 when everything "
-                                   "authenticates (after --repair: when nothing is left to fix), 16 when anything "
-                                   "is corrupt (each problem is printed), 26 when --repair meets a mounted vault. "
-                                   "Example: e2efs fsck ~/Drive/chats-vault")
+                       description=FSCK_DESCRIPTION, formatter_class=RAW)
     p.add_argument("vault")
     p.add_argument("--repair", action="store_true",
                    help="move damaged files to /lost+found, delete leftover temp files and orphaned name "
