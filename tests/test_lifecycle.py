@@ -191,3 +191,143 @@ def test_rekey_refused_while_mounted(vault_mount):
         assert os.path.isdir(vault_mount.vault)
     finally:
         vault_mount.unmount()
+
+
+# -- import --in-place --------------------------------------------------------
+
+def test_import_in_place_removes_each_verified_plaintext(tmp_path, plain_tree):
+    original = tree_snapshot(plain_tree)
+    vault, pw, _ = init_vault(tmp_path)
+    done = json.loads(run("import", "--in-place", plain_tree, vault, "--password-file", pw, "--json").stdout)
+    assert done["removed"] == 7 and done["kept"] == []
+    assert os.path.isdir(plain_tree) and os.listdir(plain_tree) == []
+    run("export", vault, tmp_path / "out", "--password-file", pw)
+    assert _without_dir_times(tree_snapshot(tmp_path / "out")) == _without_dir_times(original)
+
+
+def test_import_in_place_keeps_the_plaintext_when_verification_fails(tmp_path, plain_tree, monkeypatch):
+    """A ciphertext that does not read back as the source: the source file stays, the import stops."""
+    from e2efs import transfer
+    from e2efs.tree import Tree
+    from e2efs.vault import LockedVault as LV
+    vault, pw, _ = init_vault(tmp_path)
+    tree = Tree(LV.read(str(vault)).unlock_with_password(PASSWORD.encode()))
+    real_write = Tree.write_file
+
+    def corrupting_write(self, d, name, chunks, *a, **kw):
+        entry = real_write(self, d, name, chunks, *a, **kw)
+        if name == b"msgstore.db":
+            with open(self.path(d, entry), "r+b") as f:
+                f.seek(100)
+                f.write(b"\xff")
+        return entry
+    monkeypatch.setattr(Tree, "write_file", corrupting_write)
+    with pytest.raises(VerificationFailed):
+        transfer.import_tree(tree, str(plain_tree), in_place=True)
+    assert (plain_tree / "msgstore.db").stat().st_size == MIB + 17
+
+
+# -- disable ------------------------------------------------------------------
+
+def test_disable_with_typed_confirmation(tmp_path, plain_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    done = run("disable", vault, tmp_path / "plain", "--password-file", pw, input="vault\n")
+    assert "verified" in done.stdout and "type the vault folder's name (vault)".lower() in done.stderr.lower()
+    assert not vault.exists()
+    assert _without_dir_times(tree_snapshot(tmp_path / "plain")) == _without_dir_times(tree_snapshot(plain_tree))
+
+
+def test_disable_for_scripts_and_json(tmp_path, plain_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    done = json.loads(run("disable", vault, tmp_path / "plain", "--password-file", pw, "--yes-i-understand",
+                          "--json").stdout)
+    assert done["verified"] and done["vault_removed"] and done["files"] == 7
+    assert not vault.exists()
+
+
+@pytest.mark.parametrize("typed", [None, "wrong-name\n", "\n"])
+def test_disable_without_confirmation_changes_nothing(tmp_path, plain_tree, typed):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    before = _ciphertexts(vault)
+    done = run("disable", vault, tmp_path / "plain", "--password-file", pw, check=False, input=typed)
+    assert done.returncode == NotConfirmed.exit_code, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("e2efs: ")
+    assert _ciphertexts(vault) == before and not (tmp_path / "plain").exists()
+
+
+def test_disable_wrong_password_changes_nothing(tmp_path, plain_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    bad = tmp_path / "bad.pw"
+    bad.write_text("not the password\n")
+    done = run("disable", vault, tmp_path / "plain", "--password-file", bad, "--yes-i-understand", check=False)
+    assert done.returncode == WrongSecret.exit_code
+    assert vault.exists() and not (tmp_path / "plain").exists()
+
+
+def test_disable_refuses_when_verification_fails(tmp_path, plain_tree, monkeypatch, capsys):
+    from e2efs.cli import lifecycle, main
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    before = _ciphertexts(vault)
+    real_export = lifecycle.export_tree
+
+    def export_then_damage(tree, dest, progress=None):
+        stats = real_export(tree, dest, progress)
+        with open(os.path.join(dest, "Media", "notes.txt"), "a") as f:
+            f.write("changed on the way")
+        return stats
+    monkeypatch.setattr(lifecycle, "export_tree", export_then_damage)
+    code = main.main(["disable", str(vault), str(tmp_path / "plain"), "--password-file", str(pw),
+                      "--yes-i-understand"])
+    assert code == VerificationFailed.exit_code
+    assert "notes.txt" in capsys.readouterr().err
+    assert _ciphertexts(vault) == before
+
+
+def test_disable_refuses_a_destination_inside_the_vault(tmp_path, plain_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    done = run("disable", vault, vault / "plain", "--password-file", pw, "--yes-i-understand", check=False)
+    assert done.returncode == 2 and vault.exists()
+
+
+# -- --quiet and --json on every command that prints a result ------------------
+
+def test_quiet_and_json_everywhere(tmp_path, plain_tree):
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    new_pw = tmp_path / "new.pw"
+    new_pw.write_text("another quite long passphrase 1234\n")
+    vault = tmp_path / "vault"
+    init = json.loads(run("init", vault, *FAST_KDF, "--password-file", pw, "--json").stdout)
+    quiet_init = run("init", tmp_path / "v2", *FAST_KDF, "--password-file", pw, "-q").stdout
+    assert len(quiet_init.split()) == 16 and len(init["recovery_key"].split()) == 16
+    secret = ["--password-file", pw]
+    cases = [
+        ["info", vault],
+        ["import", plain_tree, vault, *secret],
+        ["export", vault, tmp_path / "out-{}", *secret],
+        ["ls", vault, *secret],
+        ["fsck", vault, *secret],
+        ["passwd", vault, *secret, "--new-password-file", pw, *FAST_KDF],
+        ["key", "list", vault],
+        ["key", "add", vault, *secret, "--keyfile-out", tmp_path / "k-{}"],
+    ]
+    for mode in ("json", "quiet"):
+        for args in cases:
+            args = [str(a).replace("{}", mode) for a in args]
+            done = run(*args, "--json" if mode == "json" else "-q")
+            if mode == "json":
+                json.loads(done.stdout)
+            else:
+                assert done.stdout == "", args
+    slot = json.loads(run("key", "list", vault, "--json").stdout)[-2]["id"]
+    assert json.loads(run("key", "remove", vault, slot, *secret, "--json").stdout)["removed"] == slot
+    shown = run("key", "show-recovery", vault, *secret, "--json")
+    assert json.loads(shown.stdout)["recovery_key"] == init["recovery_key"] and "WARNING" in shown.stderr
+    assert run("cat", vault, "Media/notes.txt", *secret, "-q").stdout == "secret chat text\n"
+    rekeyed = run("rekey", vault, *secret, "-q").stdout
+    assert len(rekeyed.split()) == 16 and rekeyed.split() != init["recovery_key"].split()

@@ -166,6 +166,8 @@ def _confirm(args, root: str, dest: str) -> None:
           f"folder {root} (the encrypted copy your cloud client syncs).\n"
           f"Type the vault folder's name ({name}) to go on: ", end="", file=sys.stderr, flush=True)
     typed = sys.stdin.readline()
+    if not sys.stdin.isatty():
+        print(file=sys.stderr)              # nothing was echoed: end the prompt line
     if not typed:
         raise NotConfirmed("not confirmed: type the vault folder's name when asked, or pass --yes-i-understand "
                            "in scripts; nothing was changed")
