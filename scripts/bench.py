@@ -100,6 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="runs per workload, median kept (default 3; --quick 1)")
     p.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
     p.add_argument("--fs", default=",".join(FS_NAMES), help="comma-separated file systems (default all)")
+    p.add_argument("--block-size", help="e2efs vaults' block size (e2efs init --block-size; default: e2efs's own)")
     p.add_argument("--backing", metavar="DIR", help="put backing folders in DIR instead of a private tmpfs")
     p.add_argument("--quick", action="store_true", help="small sizes, one run: a smoke test of the harness")
     p.add_argument("--profile", action="store_true", help="record py-spy profiles of the e2efs daemon per workload")
@@ -356,7 +357,8 @@ class E2efs(FS):
             sh([*self.bench.e2efs, "init", "--password-file", self.bench.pwfile, "--allow-weak-password",
                 "--json", cipher], env=self.bench.env)
             return
-        out = sh([*self.bench.e2efs, "init", "--key-only", "--json", cipher], env=self.bench.env).stdout
+        bs = ["--block-size", self.bench.args.block_size] if self.bench.args.block_size else []
+        out = sh([*self.bench.e2efs, "init", "--key-only", "--json", *bs, cipher], env=self.bench.env).stdout
         with open(self.keyfile(cipher), "w") as f:
             f.write(json.loads(out)["recovery_key"] + "\n")
 
@@ -886,7 +888,8 @@ class Bench:
         sizes = (f"sizes: sequential {a.size // MiB} MiB, random file {a.rand_size // MiB} MiB × {a.rand_ops} ops "
                  f"({'fio psync' if self.fio else 'Python pread/pwrite'}), tree {a.files} files in {a.dirs} dirs "
                  f"({self.tree_bytes / MiB:.0f} MiB), SQLite {a.rows} rows / {a.transactions} transactions, "
-                 f"offline tree {getattr(self, 'offline_bytes', 0) / MiB:.0f} MiB; median of {a.runs} run(s); "
+                 f"offline tree {getattr(self, 'offline_bytes', 0) / MiB:.0f} MiB; "
+                 f"e2efs block size {a.block_size or 'default'}; median of {a.runs} run(s); "
                  f"backing: {self.where}")
         md = "\n".join(table) + "\n\n" + "\n".join(f"* {n}" for n in [sizes, *notes] +
                                                   [f"{k}: missing ({v})" for k, v in self.missing.items()])
