@@ -12,16 +12,25 @@ COMMAND_MODULES = [offline, keys, lifecycle, mount, completion]
 
 DESCRIPTION = """\
 e2efs keeps chat backups end-to-end encrypted in a folder that a cloud client syncs.
-An app writes plaintext into a mount point; only ciphertext reaches the vault folder.
+An app writes plaintext into a mount point; only ciphertext (AES-256-GCM contents,
+AES-SIV names) reaches the vault folder.
 
+examples:
   e2efs init ~/Drive/chats-vault                 create a vault (password + 64-digit recovery key)
   e2efs mount ~/Drive/chats-vault ~/ChatBackup   unlock it as a folder
   e2efs unmount ~/ChatBackup                     flush and lock
+  e2efs import --in-place ~/Old ~/Drive/chats-vault   turn encryption on for an existing folder
   e2efs export ~/Drive/chats-vault ./restored    restore without FUSE
+  e2efs rekey ~/Drive/chats-vault                new 64-digit key, every file re-encrypted
+  e2efs COMMAND --help                           what each command does and never does
 
 Secrets are read from the terminal, --password-file, --key-file or
---password-command, never from the command line. A forgotten password and a lost
-64-digit key cannot be recovered by anyone.
+--password-command, never from the command line, and never printed in errors or
+logs. --json gives a machine-readable result, -q only errors; each failure is one
+line on stderr with its own exit code (README.md).
+
+What e2efs never does: send anything anywhere, keep a copy of your key, or
+recover a forgotten password and a lost 64-digit key: nobody can.
 """
 
 
