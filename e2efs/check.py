@@ -29,6 +29,7 @@ BAD_TYPE = "type"               # a directory name on a file, or a file that is 
 BAD_CONTENT = "content"         # header or block fails authentication
 UNREADABLE = "unreadable"       # the OS refused to read it
 ORPHAN_SIDE = "orphan-side"     # long-name record whose entry is gone
+DUP_DIR = "dup-dir"             # one folder created on two devices: two IDs, one name
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Finding:
     parent: Dir | None = None
     parsed: BackingName | None = None
     rel: bytes | None = None            # plaintext path when the name decrypted
+    twin: str | None = None             # DUP_DIR: the backing name of the folder it merges into
 
     @property
     def fname(self) -> str:
@@ -83,6 +85,7 @@ def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> N
     report.dirs += 1
     fnames = sorted(os.listdir(d.path))
     used_long_stems = set()
+    dir_names: dict[bytes, str] = {}
     start = len(report.findings)
     for fname in fnames:
         path = os.path.join(d.path, fname)
@@ -119,6 +122,11 @@ def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> N
             if not stat.S_ISDIR(st.st_mode):
                 report.problem(path, "named as a directory but is not one", BAD_TYPE, parent=d, parsed=parsed, rel=rel)
                 continue
+            if rel in dir_names:
+                report.problem(path, f"folder {rel.decode(errors='replace')} exists twice (created on two devices); "
+                                     "the mount shows the second with an '(e2efs duplicate …)' suffix",
+                               DUP_DIR, parent=d, parsed=parsed, rel=rel, twin=dir_names[rel])
+            dir_names.setdefault(rel, fname)
             try:
                 _check_dir(tree, Dir(path, parsed.dir_id), report, progress, rel + b"/")
             except OSError as exc:

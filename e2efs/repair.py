@@ -28,8 +28,8 @@ from . import check as chk
 from .blocks import HEADER_LEN, NONCE_LEN, TAG_LEN
 from .content import FileCipher, Header
 from .errors import CorruptData, VaultMounted, VaultTooNew, VaultCorrupt
-from .names import Kind
-from .tree import Dir, Entry, Tree
+from .names import SIDE_SUFFIX, Kind, parse_backing_name
+from .tree import TEMP_PREFIX, Dir, Entry, Tree
 from .vault import VAULT_BACKUP, VAULT_FILE, VaultFile, atomic_write
 
 
@@ -76,7 +76,9 @@ def repair(tree: Tree, report: chk.Report, truncate: bool = False) -> RepairLog:
     _repair_vault_file(tree, log)
     stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
     lost = _LostFound(tree, stamp)
-    for f in report.findings:
+    # merges last and deepest first: they move whole folders other findings point into
+    order = sorted(report.findings, key=lambda f: (f.kind == chk.DUP_DIR, -f.path.count(os.sep) if f.kind == chk.DUP_DIR else 0))
+    for f in order:
         try:
             _repair_one(tree, f, lost, truncate, log)
         except (OSError, CorruptData) as exc:
@@ -95,6 +97,15 @@ def _repair_one(tree: Tree, f: chk.Finding, lost: "_LostFound", truncate: bool, 
         if f.parent is not None:
             tree.invalidate(f.parent)
         return
+    if f.kind == chk.DUP_DIR:
+        into = parse_backing_name(f.twin)
+        src = Dir(f.path, f.parsed.dir_id)
+        dst = Dir(os.path.join(f.parent.path, f.twin), into.dir_id)
+        moved = _merge(tree, src, dst)
+        tree.rmdir(f.parent, Entry(b"", f.fname, Kind.DIR, f.parsed.dir_id))
+        log.did(f"merged folder {f.rel.decode(errors='replace')} created on two devices: {moved} entr"
+                f"{'y' if moved == 1 else 'ies'} of {f.path} moved into {dst.path}")
+        return
     if f.kind in (chk.FOREIGN, chk.PLACEHOLDER) or f.parsed is None or f.parent is None:
         log.left.append((f.path, f.reason + " (left alone)"))
         return
@@ -107,6 +118,29 @@ def _repair_one(tree: Tree, f: chk.Finding, lost: "_LostFound", truncate: bool, 
     shown = f.rel.decode(errors="replace") if f.rel is not None else "(name lost)"
     log.did(f"moved {f.path} ({shown}: {f.reason}) to /{lost.shown(name)}"
             + (f" [ciphertext {tree.path(target_dir, moved)}]" if moved else ""))
+
+
+def _merge(tree: Tree, src: Dir, dst: Dir) -> int:
+    """Move every entry of ``src`` into ``dst`` (names re-encrypted under dst's ID);
+    same-named folders merge recursively, other clashes keep both with a suffix."""
+    moved = 0
+    for name, entry in sorted(tree.entries(src).items()):
+        there = tree.lookup(dst, name)
+        if there is not None and there.kind is Kind.DIR and entry.kind is Kind.DIR:
+            moved += _merge(tree, tree.subdir(src, entry), tree.subdir(dst, there))
+            tree.rmdir(src, entry)
+            continue
+        new_name, n = name, 1
+        while tree.lookup(dst, new_name) is not None:
+            n += 1
+            new_name = name + (b" (other device)" if n == 2 else f" (other device {n})".encode())
+        tree.rename(src, entry, dst, new_name)
+        moved += 1
+    for fname in os.listdir(src.path):          # crash leftovers must not block the rmdir
+        if fname.startswith(TEMP_PREFIX) or fname.endswith(SIDE_SUFFIX):
+            os.unlink(os.path.join(src.path, fname))
+    tree.invalidate(src)
+    return moved
 
 
 def _truncate(tree: Tree, f: chk.Finding, log: RepairLog) -> bool:

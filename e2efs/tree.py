@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import struct
+import time
 from dataclasses import dataclass
 
 from .blocks import Layout
@@ -26,6 +27,8 @@ from .vault import Vault
 log = logging.getLogger("e2efs")
 
 TEMP_PREFIX = ".e2efs-tmp-"
+MTIME_GRAIN_NS = 50_000_000
+ICLOUD_STUB = ".icloud"     # far coarser than any file system's mtime tick
 MAX_SYMLINK_TARGET = 4095
 _NODE_RECORD = struct.Struct(">IQ")     # file type bits, rdev
 
@@ -52,6 +55,7 @@ class Tree:
         self.names = NameCipher(vault.keys.names)
         self.root = Dir(vault.root, ROOT_DIR_ID)
         self._listings: dict[str, tuple[int, dict[bytes, Entry]]] = {}
+        self._unsure: set[str] = set()
 
     # -- paths ----------------------------------------------------------------
 
@@ -75,7 +79,9 @@ class Tree:
         mtime = os.stat(d.path).st_mtime_ns
         cached = self._listings.get(d.path)
         if cached is not None and cached[0] == mtime:
-            return cached[1]
+            if d.path not in self._unsure or time.time_ns() - mtime < MTIME_GRAIN_NS:
+                return cached[1]
+        self._unsure.discard(d.path)
         listing = self._scan(d)
         self._listings[d.path] = (mtime, listing)
         return listing
@@ -101,12 +107,20 @@ class Tree:
             else:
                 listing[name] = entry
         self._listings[d.path] = (os.stat(d.path).st_mtime_ns, listing)
+        # Directory mtimes are coarse (a jiffy on ext4): a sync client's change in
+        # the same tick as ours leaves the mtime we just blessed.  So the listing
+        # is trusted while we keep changing the directory, and rescanned once the
+        # directory has been quiet for a grain: one scan per burst, not per create.
+        self._unsure.add(d.path)
 
     def _scan(self, d: Dir) -> dict[bytes, Entry]:
         found: dict[bytes, Entry] = {}
+        stubs = []
         for fname in sorted(os.listdir(d.path)):
             parsed = parse_backing_name(fname)
             if parsed is None:
+                if fname.startswith(".") and fname.endswith(ICLOUD_STUB):
+                    stubs.append(fname)
                 continue
             try:
                 name = self.decrypt_name(d, parsed) + parsed.conflict.encode()
@@ -116,6 +130,18 @@ class Tree:
             if name in found:
                 name += f" (e2efs duplicate {fname[-8:]})".encode()
             found[name] = Entry(name, fname, parsed.kind, parsed.dir_id)
+        for fname in stubs:
+            # iCloud evicted the file and left ".<backing>.icloud": keep the name
+            # visible; opening it says why it cannot be read (EIO, one log line)
+            parsed = parse_backing_name(fname[1:-len(ICLOUD_STUB)])
+            if parsed is None or parsed.kind is Kind.DIR:
+                continue
+            try:
+                name = self.decrypt_name(d, parsed) + parsed.conflict.encode()
+            except CorruptData:
+                continue
+            if name not in found:
+                found[name] = Entry(name, fname, Kind.FILE)
         return found
 
     def decrypt_name(self, d: Dir, parsed: BackingName) -> bytes:
@@ -274,6 +300,11 @@ class Tree:
         except PermissionError:     # O_NOATIME needs ownership
             fd = os.open(path, flags)
         try:
+            if path.endswith(ICLOUD_STUB) and os.path.basename(path).startswith("."):
+                raise CorruptData(f"{path}: an iCloud placeholder: the file is not downloaded to this device yet")
+            if os.fstat(fd).st_size == 0:
+                raise CorruptData(f"{path}: empty ciphertext file: a sync client's placeholder or an "
+                                  "unfinished download (no e2efs file is ever 0 bytes)")
             content = ContentFile.open(fd, self.keys, path)
             if content.layout.block_size != self.layout.block_size:
                 raise CorruptData(f"{path}: block size differs from the vault's")

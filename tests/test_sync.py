@@ -1,0 +1,205 @@
+"""Sync clients (issue 5, item 3): conflict copies, folders made on two devices,
+placeholders, and rclone sync/bisync between two vault copies as two devices.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from e2efs import check as chk
+from e2efs.names import parse_backing_name
+from e2efs.tree import MTIME_GRAIN_NS, Tree
+from e2efs.vault import Vault
+
+from conftest import PASSWORD, Mount
+
+CONFLICT_STYLES = {
+    " (1)": "Google Drive / Dropbox numbered copy",
+    " (conflicted copy 2026-11-21)": "Dropbox",
+    " (Ann's conflicted copy 2026-11-21)": "Dropbox with a device owner",
+    ".sync-conflict-20261121-101010-ABCDEFG": "Syncthing",
+    " (conflicted copy 2026-11-21 101010)": "Nextcloud / ownCloud",
+    "-DESKTOP-AB12CD": "OneDrive",
+    " 2": "iCloud Drive",
+    "..path1": "rclone bisync (1.60)",
+    ".conflict1": "rclone bisync (1.66+)",
+}
+
+
+def tree_of(vault) -> Tree:
+    return Tree(Vault.locked(vault).unlock_with_password(PASSWORD))
+
+
+def backing_of(vault, rel: bytes) -> str:
+    t = tree_of(vault)
+    d, e = t.resolve(rel)
+    return t.path(d, e)
+
+
+def write(path, data: bytes):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_conflict_copies_appear_readable_and_distinct(mounted):
+    m = mounted
+    os.mkdir(m.p("Media"))
+    write(m.p("chat.db"), b"original")
+    write(m.p("Media", "L" * 180), b"long name")           # a long name: hashed name + side record
+    os.symlink("chat.db", m.p("latest"))
+    m.unmount()
+    older = tree_of(m.vault)
+    db = backing_of(m.vault, b"chat.db")
+    long_file = backing_of(m.vault, b"Media/" + b"L" * 180)
+    link = backing_of(m.vault, b"latest")
+    media = backing_of(m.vault, b"Media")
+    other = b"the other device's chat.db"
+    tmp_tree = older
+    for i, suffix in enumerate(CONFLICT_STYLES):
+        # the other device's version, encrypted under the same name, then renamed by the client
+        e = tmp_tree.write_file(tmp_tree.root, f"scratch{i}".encode(), [other + suffix.encode()])
+        os.rename(tmp_tree.path(tmp_tree.root, e), db + suffix)
+    shutil.copy(long_file, long_file + " (1)")
+    shutil.copy(link, link[:-2] + " (1).l")                 # Dropbox puts the copy number before the "extension"
+    stem, dir_suffix = os.path.basename(media).split(".")
+    shutil.copytree(media, os.path.join(m.vault, f"{stem} (1).{dir_suffix}"))
+    m.mount()
+    names = set(os.listdir(m.path))
+    for suffix, client in CONFLICT_STYLES.items():
+        assert "chat.db" + suffix in names, client
+        assert read(m.p("chat.db" + suffix)) == other + suffix.encode(), client
+    assert read(m.p("chat.db")) == b"original"
+    assert read(m.p("Media", "L" * 180 + " (1)")) == b"long name"
+    assert os.readlink(m.p("latest (1)")) == "chat.db"
+    assert "Media (1)" in names and sorted(os.listdir(m.p("Media (1)"))) == ["L" * 180, "L" * 180 + " (1)"]
+    # while mounted: a new conflict copy shows up without a remount
+    shutil.copy(db, db + " (5)")
+    deadline = time.monotonic() + 3
+    while "chat.db (5)" not in os.listdir(m.path):
+        assert time.monotonic() < deadline, "a conflict copy made while mounted never appeared"
+        time.sleep(0.05)
+    assert read(m.p("chat.db (5)")) == b"original"
+
+
+def test_change_in_the_same_mtime_tick_is_not_lost(tmp_path):
+    """The listing cache trusts directory mtimes; a sync client's change in the same
+    tick as ours must still be seen once the directory is quiet."""
+    m = Mount.__new__(Mount)
+    vault = tmp_path / "v"
+    vault.mkdir()
+    from vaultutil import FAST_KDF
+    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
+    t = tree_of(str(vault))
+    a = t.write_file(t.root, b"a", [b"1"])
+    t.entries(t.root)
+    st = os.stat(str(vault))
+    shutil.copy(t.path(t.root, a), t.path(t.root, a) + " (1)")     # the sync client, same tick:
+    os.utime(str(vault), ns=(st.st_atime_ns, st.st_mtime_ns))       # mtime unchanged
+    time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
+    assert b"a (1)" in t.entries(t.root)
+
+
+def test_placeholders_are_reported_not_garbage(mounted):
+    m = mounted
+    write(m.p("photo.jpg"), b"jpeg" * 1000)
+    write(m.p("partial.db"), b"x" * 5000)
+    write(m.p("short.db"), b"y" * 5000)
+    write(m.p("fine"), b"fine")
+    m.unmount()
+    photo = backing_of(m.vault, b"photo.jpg")
+    d, name = os.path.split(photo)
+    os.rename(photo, os.path.join(d, f".{name}.icloud"))     # iCloud evicted it
+    with open(os.path.join(d, f".{name}.icloud"), "wb") as f:
+        f.write(b"bplist00 fake stub")
+    open(backing_of(m.vault, b"partial.db"), "wb").close()    # zero-length: download not done
+    with open(backing_of(m.vault, b"short.db"), "r+b") as f:
+        f.truncate(10)                                       # shorter than a header
+    m.mount()
+    names = os.listdir(m.path)
+    assert "photo.jpg" in names
+    for name, words in (("photo.jpg", "iCloud placeholder"), ("partial.db", "empty ciphertext file"),
+                        ("short.db", "shorter than an e2efs header")):
+        with pytest.raises(OSError) as e:
+            read(m.p(name))
+        assert e.value.errno == errno.EIO
+        assert words in m.log_text(), name
+    assert read(m.p("fine")) == b"fine"
+    assert m.proc.poll() is None
+    report = chk.check(tree_of(m.vault))
+    reasons = " | ".join(f.reason for f in report.findings)
+    assert "iCloud placeholder" in reasons and "empty ciphertext file" in reasons and "shorter" in reasons
+
+
+def _rclone(*args):
+    done = subprocess.run(["rclone", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture
+def two_devices(tmp_path, vault_mount):
+    """Device A is ``vault_mount``; device B is a copy of the vault folder with its own mount."""
+    a = vault_mount
+    b = Mount.__new__(Mount)
+    b.__dict__.update(a.__dict__)
+    b.vault, b.path, b.log, b.proc = str(tmp_path / "vaultB"), str(tmp_path / "mntB"), str(tmp_path / "b.log"), None
+    os.mkdir(b.path)
+    try:
+        yield a, b
+    finally:
+        b.teardown()
+
+
+def test_rclone_sync_then_bisync_conflicts_and_two_device_folders(two_devices, tmp_path):
+    a, b = two_devices
+    a.mount()
+    os.mkdir(a.p("chats"))
+    write(a.p("chats", "msgstore.db"), b"v1 from A" * 1000)
+    write(a.p("notes"), b"A's notes")
+    a.unmount()
+    _rclone("sync", a.vault, b.vault)                           # device B downloads the vault
+    b.mount()
+    assert read(b.p("chats", "msgstore.db")) == b"v1 from A" * 1000
+    b.unmount()
+    workdir = str(tmp_path / "bisync-state")
+    _rclone("bisync", a.vault, b.vault, "--resync", "--workdir", workdir)
+    # both devices edit offline: the same file, and each creates a folder "Media"
+    a.mount()
+    write(a.p("chats", "msgstore.db"), b"v2 from A")
+    os.mkdir(a.p("Media"))
+    write(a.p("Media", "from-a.jpg"), b"A photo")
+    a.unmount()
+    b.mount()
+    write(b.p("chats", "msgstore.db"), b"v2 from B")
+    os.mkdir(b.p("Media"))
+    write(b.p("Media", "from-b.jpg"), b"B photo")
+    b.unmount()
+    time.sleep(1.1)
+    _rclone("bisync", a.vault, b.vault, "--workdir", workdir)
+    for dev in (a, b):
+        dev.mount()
+        versions = {read(dev.p("chats", n)) for n in os.listdir(dev.p("chats"))}
+        assert {b"v2 from A", b"v2 from B"} <= versions, os.listdir(dev.p("chats"))
+        media = sorted(n for n in os.listdir(dev.path) if n.startswith("Media"))
+        assert len(media) == 2, media                               # both folders, no name lost
+        photos = {n for d in media for n in os.listdir(dev.p(d))}
+        assert photos == {"from-a.jpg", "from-b.jpg"}
+        dev.unmount()
+    # fsck names the double folder; --repair merges it into one
+    out = a.cli("fsck", a.vault, "--password-file", a.password_file, check=False)
+    assert out.returncode == 16 and "exists twice" in out.stdout
+    out = a.cli("fsck", a.vault, "--repair", "--password-file", a.password_file)
+    assert "merged folder Media" in out.stdout, out.stdout
+    a.mount()
+    assert sorted(os.listdir(a.p("Media"))) == ["from-a.jpg", "from-b.jpg"]
+    assert read(a.p("Media", "from-b.jpg")) == b"B photo"
+    assert [n for n in os.listdir(a.path) if n.startswith("Media")] == ["Media"]
