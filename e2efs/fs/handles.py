@@ -98,6 +98,8 @@ class OpenFiles:
             return
         try:
             self.commit(of)
+            st = os.fstat(of.fd)
+            of.node.cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         finally:
             del self.files[ino]
             os.close(of.fd)

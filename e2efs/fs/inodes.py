@@ -29,6 +29,9 @@ class Node:
     temp: tuple[int, str] | None = None   # (parent inode, temp name) until committed
     backing_ino: int | None = None
     special: tuple[int, int] | None = None   # (file type bits, rdev) of a NODE
+    # backing (st_ino, size, mtime, ctime) when the last handle closed: the kernel's
+    # page cache is kept on the next open only if the ciphertext is unchanged
+    cache_sig: tuple[int, int, int, int] | None = None
 
     @property
     def link(self) -> Link:

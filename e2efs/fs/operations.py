@@ -39,7 +39,7 @@ def _guarded(fn):
         except FUSEError:
             raise
         except CorruptData as exc:
-            log.error("%s: %s", fn.__name__, exc)
+            _report_corrupt(fn.__name__, exc)
             raise FUSEError(errno.EIO) from None
         except OSError as exc:
             if exc.errno is None:
@@ -53,6 +53,25 @@ def _guarded(fn):
             log.exception("%s failed", fn.__name__)
             raise FUSEError(errno.EIO) from None
     return handler
+
+
+_REPORTED: dict[str, float] = {}
+REPORT_AGAIN_SECONDS = 600
+
+
+def _report_corrupt(op: str, exc: CorruptData) -> None:
+    """One log line per damaged file, not one per kernel retry or read-ahead request."""
+    text = str(exc)
+    now = time.monotonic()
+    if now - _REPORTED.get(text, -REPORT_AGAIN_SECONDS) >= REPORT_AGAIN_SECONDS:
+        if len(_REPORTED) > 10000:
+            _REPORTED.clear()
+        _REPORTED[text] = now
+        log.error("%s: %s", op, exc)
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _fail(code: int):
@@ -389,10 +408,15 @@ class Operations(pyfuse3.Operations):
             if st.st_nlink == 1:         # new content goes to a temp file; the old stays until commit
                 self.files.open_new(node, node.link[0], stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
                 return pyfuse3.FileInfo(fh=inode)
+        # The kernel may keep its cached pages only if the ciphertext is still what
+        # this mount last wrote or read: a sync client's (or an attacker's) change
+        # must be read, and authenticated, afresh.
+        keep = inode in self.files.files or (
+            node.cache_sig is not None and node.cache_sig == _signature(os.lstat(self.inodes.path(node))))
         of = self.files.open(node)
         if truncate:
             of.content.truncate(0)
-        return pyfuse3.FileInfo(fh=inode)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=keep)
 
     @_guarded
     def read(self, fh, off, size):
