@@ -1077,8 +1077,29 @@ def machine():
         vers["pyfuse3"] = getattr(pyfuse3, "__version__", "?")
     except ImportError:
         vers["pyfuse3"] = None
+    vers["e2efs"] = e2efs_source()
     return dict(cpu=cpu, cores=os.cpu_count(), aes="aes" in flags.split(), vaes="vaes" in flags.split(),
                 mem_gib=round(mem, 1), kernel=platform.release(), python=platform.python_version(), versions=vers)
+
+
+def e2efs_source() -> str:
+    """Which e2efs code runs: its folder and, in a git checkout, the commit (+dirty)."""
+    try:
+        where = subprocess.run([sys.executable, "-c", "import e2efs, os; print(os.path.dirname(e2efs.__file__))"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    root = os.path.dirname(where)
+    rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if rev.returncode == 0:
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "e2efs"],
+                               capture_output=True, text=True).stdout.strip()
+        return f"{rev.stdout.strip()}{' +uncommitted changes' if dirty else ''} ({where})"
+    try:
+        with open(os.path.join(root, ".commit")) as f:        # a `git archive` snapshot
+            return f"{f.read().strip()} ({where})"
+    except OSError:
+        return where
 
 
 def machine_md():
