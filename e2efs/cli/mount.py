@@ -107,6 +107,10 @@ def cmd_mount(args) -> int:
     vault = unlock(args, vault_root)
     for warning in vault.warnings:
         print(f"e2efs: warning: {warning}", file=sys.stderr)
+    from ..fs.operations import vault_read_only
+    if not args.read_only and vault_read_only(vault_root):
+        print(f"e2efs: warning: the vault folder {vault_root} is read-only: mounting read-only", file=sys.stderr)
+        args.read_only = True
     log_file = os.path.abspath(args.log) if args.log else None
     options = dict(read_only=args.read_only, allow_other=args.allow_other, idle_seconds=idle)
 

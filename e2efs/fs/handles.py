@@ -7,12 +7,15 @@ temporary file until ``commit`` renames it into place (close, fsync,
 rename, link), so a crash mid-write leaves the previous version intact.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
 from ..content import ContentFile
 from ..tree import Tree
 from .inodes import InodeTable, Node
+
+log = logging.getLogger("e2efs")
 
 
 @dataclass(eq=False)
@@ -100,9 +103,34 @@ class OpenFiles:
             self.commit(of)
             st = os.fstat(of.fd)
             of.node.cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except BaseException as exc:
+            if of.node.temp is not None:
+                self._abandon(of.node, exc)
+            raise
         finally:
             del self.files[ino]
             os.close(of.fd)
+
+    def _abandon(self, node: Node, why: BaseException) -> None:
+        """A new version that could not be committed (disk full, vault gone): drop
+        its temp file so the previous version (or no file) is what the mount shows."""
+        try:
+            temp = self.inodes.path(node)
+            self.tree.discard_temp(self.inodes.dir(node.temp[0]), temp)
+        except OSError:
+            pass
+        node.temp = None
+        node.cache_sig = None           # the kernel's pages hold the lost version: drop them on next open
+        for link, backing in list(node.links.items()):
+            if backing is None:
+                self.inodes.drop_link(node, link)
+        if node.links:
+            try:
+                self.inodes.set_backing(node, os.lstat(self.inodes.path(node)).st_ino)
+            except OSError:
+                pass
+        log.error("a new version of %s could not be saved (%s): the previous version is kept",
+                  temp, getattr(why, "strerror", None) or why)
 
     def close_all(self) -> None:
         """At unmount: every file still open reaches the vault."""

@@ -44,6 +44,8 @@ def _guarded(fn):
         except OSError as exc:
             if exc.errno is None:
                 log.exception("%s failed", fn.__name__)
+            if exc.errno == errno.ENOENT and self.vault_gone():
+                raise FUSEError(errno.EIO) from None
             raise FUSEError(exc.errno or errno.EIO) from None
         except OverflowError:           # names > 255 bytes, symlink targets > 4095
             raise FUSEError(errno.ENAMETOOLONG) from None
@@ -70,6 +72,24 @@ def _report_corrupt(op: str, exc: CorruptData) -> None:
         log.error("%s: %s", op, exc)
 
 
+def vault_read_only(root: str) -> bool:
+    try:
+        return bool(os.statvfs(root).f_flag & os.ST_RDONLY) or not os.access(root, os.W_OK)
+    except OSError:
+        return False
+
+
+def _raise_open_file_limit() -> None:
+    """Each open file holds one backing descriptor: allow as many as the hard limit."""
+    import resource
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
@@ -84,6 +104,11 @@ class Operations(pyfuse3.Operations):
     def __init__(self, tree: Tree, read_only: bool = False):
         super().__init__()
         self.tree = tree
+        if not read_only and vault_read_only(tree.root.path):
+            log.warning("the vault folder %s is read-only: mounting read-only", tree.root.path)
+            read_only = True
+        self._gone_reported = False
+        _raise_open_file_limit()
         self.read_only = read_only
         self.inodes = InodeTable(tree)
         self.files = OpenFiles(tree, self.inodes, read_only)
@@ -93,6 +118,18 @@ class Operations(pyfuse3.Operations):
         self._owner = os.geteuid() == 0
 
     # -- helpers --------------------------------------------------------------
+
+    def vault_gone(self) -> bool:
+        """The vault folder itself vanished (sync client removed it, drive unplugged):
+        every request fails with EIO, logged once, until it is back."""
+        if os.path.isdir(self.tree.root.path):
+            self._gone_reported = False
+            return False
+        if not self._gone_reported:
+            self._gone_reported = True
+            log.error("the vault folder %s disappeared: every access fails with EIO until it is back",
+                      self.tree.root.path)
+        return True
 
     def _writable(self) -> None:
         if self.read_only:
@@ -453,4 +490,21 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     def release(self, fh):
-        self.files.release(fh)
+        node = self.inodes.nodes.get(fh)
+        pending = node is not None and node.temp is not None
+        links = list(node.links) if node is not None else []
+        try:
+            self.files.release(fh)
+        except BaseException:
+            if pending and node.temp is None:
+                # The new version was dropped (disk full): the kernel still holds its
+                # size and pages under this inode number, and with the writeback cache
+                # it trusts its own size.  Retire the number; the name is looked up
+                # afresh and gets a new inode showing what the vault really holds.
+                self.inodes.evict(node)
+                for parent, name in links:
+                    try:
+                        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+                    except Exception:
+                        pass
+            raise

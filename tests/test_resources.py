@@ -1,0 +1,151 @@
+"""Resources (issue 5, item 5): full disk, read-only vault folder, a vault folder
+that disappears, thousands of open handles, a big directory."""
+
+import errno
+import os
+import resource
+import shutil
+import subprocess
+
+import pytest
+
+from e2efs import check as chk
+from e2efs.tree import TEMP_PREFIX, Tree
+from e2efs.vault import KdfParams, Vault
+
+from conftest import PASSWORD
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def tmpfs_vault(vault_mount, tmp_path):
+    """The mount's vault folder on its own 8 MiB tmpfs (unmounted in teardown)."""
+    m = vault_mount
+    fs = str(tmp_path / "tmpfs")
+    os.mkdir(fs)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", fs]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        m.vault = os.path.join(fs, "vault")
+        os.mkdir(m.vault)
+        Vault.create(m.vault, os.urandom(32), PASSWORD, block_size=4096, kdf=KdfParams(8 * 1024, 1, 1))
+        yield m
+    finally:
+        m.teardown()
+        subprocess.run(["umount", "-l", fs])
+
+
+def _temps(root):
+    return [os.path.join(d, n) for d, _, ns in os.walk(root) for n in ns if n.startswith(TEMP_PREFIX)]
+
+
+def test_full_disk_gives_enospc_and_keeps_the_previous_version(tmpfs_vault):
+    m = tmpfs_vault
+    m.mount()
+    previous = os.urandom(2 * MIB)
+    with open(m.p("backup.db"), "wb") as f:
+        f.write(previous)
+    with pytest.raises(OSError) as e:                 # O_TRUNC: the new version goes to a temp file
+        with open(m.p("backup.db"), "wb") as f:
+            for _ in range(20):
+                f.write(os.urandom(MIB))
+    assert e.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as e:                 # a new file does not fit either
+        with open(m.p("new.db"), "wb") as f:
+            for _ in range(20):
+                f.write(os.urandom(MIB))
+    assert e.value.errno == errno.ENOSPC
+    with open(m.p("backup.db"), "rb") as f:
+        assert f.read() == previous
+    assert "new.db" not in os.listdir(m.path)
+    assert _temps(m.vault) == []                      # the failed attempts gave their space back
+    with open(m.p("small"), "wb") as f:               # and the mount keeps working
+        f.write(b"fits")
+    assert m.proc.poll() is None
+    m.unmount()
+    report = chk.check(Tree(Vault.locked(m.vault).unlock_with_password(PASSWORD)))
+    assert report.findings == []
+
+
+def test_read_only_vault_folder_mounts_read_only(tmpfs_vault):
+    m = tmpfs_vault
+    m.mount()
+    with open(m.p("chat.db"), "wb") as f:
+        f.write(b"messages")
+    m.unmount()
+    fs = os.path.dirname(m.vault)
+    subprocess.run(["mount", "-o", "remount,ro", fs], check=True)
+    m.mount()
+    with open(m.p("chat.db"), "rb") as f:
+        assert f.read() == b"messages"
+    with pytest.raises(OSError) as e:
+        open(m.p("new"), "wb")
+    assert e.value.errno == errno.EROFS
+    stderr = m.proc.stderr
+    m.unmount()
+    assert "read-only" in stderr.read().decode()
+
+
+def test_vault_folder_that_disappears_gives_eio(mounted, tmp_path):
+    m = mounted
+    os.mkdir(m.p("chats"))
+    with open(m.p("chats", "a.db"), "wb") as f:
+        f.write(b"a" * 10000)
+    held = open(m.p("chats", "a.db"), "rb")
+    gone = str(tmp_path / "vault-moved-away")
+    os.rename(m.vault, gone)                         # the sync client removed it / the drive went away
+    try:
+        for action in (lambda: os.listdir(m.path), lambda: open(m.p("chats", "b.db"), "rb"),
+                       lambda: open(m.p("new"), "wb"), lambda: os.stat(m.p("chats", "zzz"))):
+            with pytest.raises(OSError) as e:
+                action()
+            assert e.value.errno == errno.EIO
+        assert m.proc.poll() is None
+        assert "vault folder" in m.log_text() and "disappeared" in m.log_text()
+    finally:
+        held.close()
+        os.rename(gone, m.vault)
+    assert sorted(os.listdir(m.path)) == ["chats"]     # it comes back when the folder does
+
+
+def test_thousands_of_open_handles(mounted):
+    m = mounted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3000
+    if hard < want + 100:
+        pytest.skip("RLIMIT_NOFILE too low")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want + 100), hard))
+    files = []
+    try:
+        for i in range(want):
+            f = open(m.p(f"f{i}"), "wb+")
+            f.write(str(i).encode() * 10)
+            files.append(f)
+        for i, f in enumerate(files):
+            f.flush()
+            f.seek(0)
+            assert f.read() == str(i).encode() * 10
+    finally:
+        for f in files:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(os.listdir(m.path)) == want
+    with open(m.p("f2999"), "rb") as f:
+        assert f.read() == b"2999" * 10
+
+
+def test_big_directory(mounted):
+    """5 000 entries here; ``make stress`` runs the 100 000-entry directory."""
+    m = mounted
+    os.mkdir(m.p("big"))
+    n = 5000
+    for i in range(n):
+        with open(m.p("big", f"IMG-{i:06d}.jpg"), "wb") as f:
+            f.write(b"x")
+    assert len(os.listdir(m.p("big"))) == n
+    m.remount()
+    names = os.listdir(m.p("big"))
+    assert len(names) == n
+    with open(m.p("big", "IMG-004321.jpg"), "rb") as f:
+        assert f.read() == b"x"
