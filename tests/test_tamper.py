@@ -229,7 +229,9 @@ def test_entry_moved_to_another_directory_is_skipped(fx, caplog):
 def test_directory_id_changed_hides_children(fx, caplog):
     """A directory renamed to another ID: its children no longer authenticate."""
     old = fx.dir.path
-    new = old[:-1] + ("a" if old[-1] != "a" else "b")
+    # the first ID character carries 5 full bits (the last one also padding bits)
+    head, dir_id = old.rsplit(".", 1)
+    new = f"{head}.{'a' if dir_id[0] != 'a' else 'b'}{dir_id[1:]}"
     os.rename(old, new)
     tree = fx.tree()
     d = tree.subdir(tree.root, tree.lookup(tree.root, b"chats"))

@@ -8,8 +8,7 @@ import sys
 import time
 
 from .. import crypto
-from ..errors import (BadKeyFormat, DestinationNotEmpty, IOFailure, NotConfirmed, SecretInputError, UsageError,
-                      WrongSecret)
+from ..errors import DestinationNotEmpty, IOFailure, NotConfirmed, SecretInputError, UsageError
 from ..rekey import check_not_mounted, half_finished, rekey
 from ..strength import check_password
 from ..transfer import export_tree, verify_export
@@ -18,50 +17,18 @@ from ..vault import KeyFileSlot, LockedVault, PasswordSlot
 from .common import add_kdf_options, add_output_options, human, kdf_from_args, print_json, print_key_block, say
 from .offline import KEY_WARNING
 from .progress import Progress, folder_bytes
-from .secrets import (_prompt, _run_command, _strip_newline, add_new_password_options, add_secret_options,
-                      read_new_password, read_secret_file, unlock)
+from .secrets import add_new_password_options, add_secret_options, read_new_password, unlock, unlock_with_secret
 
 RAW = argparse.RawDescriptionHelpFormatter
 
 
 # -- rekey --------------------------------------------------------------------
 
-def unlock_keeping_secret(args, locked: LockedVault):
-    """Like secrets.unlock, but also returns which secret opened the vault
-    ("password", "keyfile" or "key") and its bytes, so that rekey can wrap the
-    new key under the same secret. A vault in the middle of a rekey opens."""
-    if args.key_file:
-        data = read_secret_file(args.key_file, "key")
-        try:
-            master = crypto.parse_recovery_key(data.decode("ascii", "replace"))
-        except BadKeyFormat:
-            if not locked.has_keyfile:
-                raise
-            return locked.unlock_with_keyfile(data, allow_rekey=True), "keyfile", data
-        return locked.unlock_with_key(master, allow_rekey=True), "key", None
-    if args.password_file or args.password_command:
-        password = (_strip_newline(read_secret_file(args.password_file, "password")) if args.password_file
-                    else _run_command(args.password_command))
-        return locked.unlock_with_password(password, allow_rekey=True), "password", password
-    if not locked.has_password:
-        return locked.unlock_with_key(crypto.parse_recovery_key(_prompt("64-digit key: ")), allow_rekey=True), \
-            "key", None
-    typed = _prompt("Password (or 64-digit key): ")
-    try:
-        return locked.unlock_with_password(typed.encode(), allow_rekey=True), "password", typed.encode()
-    except WrongSecret:
-        try:
-            master = crypto.parse_recovery_key(typed)
-        except BadKeyFormat:
-            raise WrongSecret("wrong password") from None
-        return locked.unlock_with_key(master, allow_rekey=True), "key", None
-
-
 def cmd_rekey(args) -> int:
     root = args.vault
     check_not_mounted(root, "rekey")
     locked = LockedVault.read(root)
-    vault, kind, secret = unlock_keeping_secret(args, locked)
+    vault, kind, secret = unlock_with_secret(args, locked, allow_rekey=True)
     for warning in vault.warnings:
         print(f"e2efs: warning: {warning}", file=sys.stderr)
     if half_finished(locked, vault):

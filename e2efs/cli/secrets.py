@@ -97,7 +97,13 @@ def read_new_password(file: str | None, command: str | None) -> bytes:
 
 def unlock(args, root: str) -> Vault:
     """Unlock the vault at ``root`` with whichever secret the arguments name."""
-    locked = LockedVault.read(root)
+    return unlock_with_secret(args, LockedVault.read(root))[0]
+
+
+def unlock_with_secret(args, locked: LockedVault, allow_rekey: bool = False) -> tuple[Vault, str, bytes | None]:
+    """(vault, which secret opened it: "password", "keyfile" or "key", that secret's
+    bytes or None for the key). rekey needs the secret to wrap the new key under
+    it; ``allow_rekey`` opens a vault in the middle of a rekey."""
     if getattr(args, "key_file", None):
         data = read_secret_file(args.key_file, "key")
         try:
@@ -105,20 +111,21 @@ def unlock(args, root: str) -> Vault:
         except BadKeyFormat:
             if not locked.has_keyfile:
                 raise
-            return locked.unlock_with_keyfile(data)
-        return locked.unlock_with_key(master)
-    if args.password_file:
-        return locked.unlock_with_password(_strip_newline(read_secret_file(args.password_file, "password")))
-    if args.password_command:
-        return locked.unlock_with_password(_run_command(args.password_command))
+            return locked.unlock_with_keyfile(data, allow_rekey=allow_rekey), "keyfile", data
+        return locked.unlock_with_key(master, allow_rekey=allow_rekey), "key", None
+    if args.password_file or args.password_command:
+        password = (_strip_newline(read_secret_file(args.password_file, "password")) if args.password_file
+                    else _run_command(args.password_command))
+        return locked.unlock_with_password(password, allow_rekey=allow_rekey), "password", password
     if not locked.has_password:
-        return locked.unlock_with_key(parse_recovery_key(_prompt("64-digit key: ")))
+        master = parse_recovery_key(_prompt("64-digit key: "))
+        return locked.unlock_with_key(master, allow_rekey=allow_rekey), "key", None
     typed = _prompt("Password (or 64-digit key): ")
     try:
-        return locked.unlock_with_password(typed.encode())
+        return locked.unlock_with_password(typed.encode(), allow_rekey=allow_rekey), "password", typed.encode()
     except WrongSecret:
         try:
             master = parse_recovery_key(typed)
         except BadKeyFormat:
             raise WrongSecret("wrong password") from None
-        return locked.unlock_with_key(master)
+        return locked.unlock_with_key(master, allow_rekey=allow_rekey), "key", None
