@@ -1086,7 +1086,7 @@ def e2efs_source() -> str:
     """Which e2efs code runs: its folder and, in a git checkout, the commit (+dirty)."""
     try:
         where = subprocess.run([sys.executable, "-c", "import e2efs, os; print(os.path.dirname(e2efs.__file__))"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+                               capture_output=True, text=True, timeout=30, cwd="/").stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     root = os.path.dirname(where)
