@@ -7,6 +7,7 @@ backing file's st_ino maps to them, so hard links share one inode and a file
 whose content was replaced by a committed temporary file keeps its number.
 """
 
+import errno
 import os
 from dataclasses import dataclass, field
 
@@ -49,7 +50,7 @@ class InodeTable:
     def get(self, ino: int) -> Node:
         node = self.nodes.get(ino)
         if node is None:
-            raise FileNotFoundError(f"inode {ino} is unknown")
+            raise FileNotFoundError(errno.ENOENT, f"inode {ino} is unknown")
         return node
 
     # -- paths --------------------------------------------------------------
@@ -70,7 +71,7 @@ class InodeTable:
         for (parent, _), backing in node.links.items():
             if backing is not None:
                 return os.path.join(self.dir(parent).path, backing)
-        raise FileNotFoundError(f"inode {node.ino} has no name left")
+        raise FileNotFoundError(errno.ENOENT, f"inode {node.ino} has no name left")
 
     def entry(self, node: Node, link: Link) -> Entry:
         return Entry(link[1], node.links[link], node.kind, node.dir_id)
