@@ -79,7 +79,7 @@ def test_invalid_plaintext_names_are_refused_even_if_authentic():
 def test_base32_is_lowercase_unpadded_and_strict():
     assert b32encode(b"\xff" * 16) == "7" * 25 + "4"
     assert b32decode("7" * 25 + "4") == b"\xff" * 16
-    for bad in ("7" * 25 + "Q", "abc=", "ab1"):
+    for bad in ("7" * 25 + "Q", "abc=", "ab1", "7" * 26, "abc"):     # "7" * 26: non-zero padding bits
         with pytest.raises(ValueError):
             b32decode(bad)
 
