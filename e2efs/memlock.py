@@ -1,4 +1,5 @@
-"""Keep the unlocked key off the disk: no swap (mlockall), no core dumps.
+"""The daemon's memory: the unlocked key kept off the disk (mlockall, no core
+dumps), and an allocator that does not map and unmap a buffer per request.
 
 Python cannot promise that no copy of a key is left in freed memory; what it
 can do is stop the kernel from writing that memory out.  ``protect`` is
@@ -15,6 +16,7 @@ log = logging.getLogger("e2efs")
 
 MCL_CURRENT, MCL_FUTURE = 1, 2
 PR_SET_DUMPABLE = 4
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
 def _libc():
@@ -45,3 +47,12 @@ def protect() -> dict:
         log.warning("not root and RLIMIT_MEMLOCK is limited: memory is not locked, key material may be "
                     "swapped to disk (use encrypted swap, or raise the limit)")
     return result
+
+
+def keep_buffers_mapped() -> None:
+    """Raise glibc's mmap and trim thresholds: by default every 128 KiB read
+    buffer is a fresh mmap, page-faulted in (and, with mlockall, locked) and
+    unmapped again per request (PYFUSE3_NOTES: the slow inline-AES row)."""
+    libc = _libc()
+    libc.mallopt(M_MMAP_THRESHOLD, 16 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)

@@ -21,6 +21,7 @@ from .operations import Operations
 log = logging.getLogger("e2efs")
 
 IDLE_CHECK_SECONDS = 5.0
+READ_AHEAD_KB = 1024
 
 
 def mount_options(vault_root: str, read_only: bool, allow_other: bool) -> set[str]:
@@ -38,6 +39,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
         idle_seconds: float = 0, ready=lambda: None) -> None:
     """Mount, call ``ready()`` once the mount is live, serve until unmounted."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
+    memlock.keep_buffers_mapped()
     held = memlock.protect()
     log.info("memory locked: %s; core dumps off: %s", held["mlock"], held["no_core_dumps"])
     ops = Operations(Tree(vault), read_only)
@@ -46,6 +48,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     except RuntimeError as exc:
         raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
     try:
+        _raise_read_ahead(mountpoint)
         ready()
         trio.run(_serve, ops, idle_seconds)
     finally:
@@ -55,6 +58,32 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
             pyfuse3.close(unmount=True)
             vault.keys.wipe()
         log.info("unmounted %s; key wiped from memory", mountpoint)
+
+
+def _raise_read_ahead(mountpoint: str) -> None:
+    """Let the kernel read ahead 1 MiB instead of 128 KiB: fewer, larger READ
+    requests, each a single preadv + decrypt of a run of blocks (PYFUSE3_NOTES:
+    cold reads ~1000 -> ~1800 MB/s). Needs root; without it reads still work."""
+    device = _device_of(mountpoint)
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.info("read-ahead left at the default (%s)", exc.strerror)
+
+
+def _device_of(mountpoint: str) -> str | None:
+    """major:minor of our mount, from mountinfo: stat() on the mount point would
+    wait for this very process to answer it."""
+    escaped = "".join({"\\": "\\134", " ": "\\040", "\t": "\\011", "\n": "\\012"}.get(c, c)
+                      for c in mountpoint)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == escaped:
+                found = fields[2]          # the last one is the mount on top
+    return found
 
 
 async def _serve(ops: Operations, idle_seconds: float) -> None:
