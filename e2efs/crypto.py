@@ -7,7 +7,6 @@ Everything above this module asks for keys by purpose (``Keys.names``,
 import os
 import re
 
-import argon2.low_level
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
@@ -58,6 +57,8 @@ def parse_recovery_key(text: str) -> bytes:
 
 
 def argon2id(password: bytes, salt: bytes, memory_kib: int, time_cost: int, parallelism: int) -> bytes:
+    import argon2.low_level            # imported when a password is used, not by every command
+
     return argon2.low_level.hash_secret_raw(
         password, salt, time_cost=time_cost, memory_cost=memory_kib,
         parallelism=parallelism, hash_len=32, type=argon2.low_level.Type.ID,

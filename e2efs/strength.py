@@ -1,13 +1,13 @@
 """Refuse weak passwords: guessing is offline, so the password is the whole defence."""
 
-from zxcvbn import zxcvbn
-
 from .errors import WeakPassword
 
 MIN_SCORE = 3          # zxcvbn: 3 = "safely unguessable: moderate protection from offline attack"
 
 
 def check_password(password: bytes) -> None:
+    from zxcvbn import zxcvbn          # 40 ms of dictionaries: only for commands that set a password
+
     text = password.decode("utf-8", "replace")
     result = zxcvbn(text[:100])        # zxcvbn is quadratic in length; 100 chars decide it
     if result["score"] >= MIN_SCORE:

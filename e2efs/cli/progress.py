@@ -6,8 +6,6 @@ import os
 import sys
 import time
 
-from tqdm import tqdm
-
 from .common import human
 
 PLAIN_INTERVAL = 10.0
@@ -35,6 +33,7 @@ class Progress:
         self.started = self._last_line = time.monotonic()
         self._bar = None
         if not quiet and self.stream.isatty():
+            from tqdm import tqdm      # 40 ms to import: only when a bar is drawn
             self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=verb,
                              file=self.stream, leave=False, dynamic_ncols=True)
 
