@@ -196,11 +196,18 @@ class ContentFile:
     # -- plaintext operations -----------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
-        end = min(offset + length, self._size)
+        length = max(0, min(length, self._size - offset))
+        view = scratch(length)
+        self.read_into(offset, view)
+        return bytes(view)
+
+    def read_into(self, offset: int, view: memoryview) -> int:
+        """Read into the caller's buffer (no allocation); returns the bytes read."""
+        end = min(offset + len(view), self._size)
         if offset >= end:
-            return b""
+            return 0
         bs = self.layout.block_size
-        view = scratch(end - offset)
+        view = view[:end - offset]
         blocks = self.layout.blocks_touched(offset, end - offset)
         i = blocks.start
         while i < blocks.stop:
@@ -215,7 +222,7 @@ class ContentFile:
             lo, hi = max(offset, start), min(end, start + bs)
             view[lo - offset:hi - offset] = self._current(i)[lo - start:hi - start]
             i += 1
-        return bytes(view)
+        return end - offset
 
     def _on_disk_only(self, index: int) -> bool:
         return index < self._disk_blocks and index not in self._dirty and index not in self._clean
@@ -251,10 +258,12 @@ class ContentFile:
             return 0
         bs = self.layout.block_size
         end = offset + len(data)
+        old_last = self._last_index()
         self._size = max(self._size, end)
         last = self._last_index()
+        if old_last < last:
+            self._seal_if_complete(old_last, last)      # the old tail, full and now followed by more
         view = memoryview(data)
-        completed = []
         run: list[int] = []
         for i in self.layout.blocks_touched(offset, len(data)):
             start = i * bs
@@ -273,11 +282,10 @@ class ContentFile:
                 block[lo - start:hi - start] = view[lo - offset:hi - offset]
             self._dirty[i] = block
             self._clean.pop(i, None)
-            if hi == start + bs and i < last:
-                completed.append(i)
+            if hi == start + bs:
+                self._seal_if_complete(i, last)
         if run:
             self._seal_run(run, view, offset)
-        self._seal_completed(completed)
         if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
             self._seal_all_before(last)
         return len(data)
@@ -350,17 +358,12 @@ class ContentFile:
                                    nonces[k * NONCE_LEN:(k + 1) * NONCE_LEN])
         self._pwrite_all(out, self.layout.block_offset(run[0]))
 
-    def _seal_completed(self, indices: list[int]) -> None:
-        """Seal blocks a write has just filled to their end, if it leaves no gap.
-
-        A block right after the disk's last block, or inside the file, can be
-        sealed now; one further out waits for the full pass, and so does any
-        block behind a final block that is still partial on disk.
-        """
-        for i in indices:
-            if not self._sealable(i):
-                return
-            self._seal_nonfinal(i)
+    def _seal_if_complete(self, index: int, last: int) -> None:
+        """Seal a dirty block once it is full and not the last one, if that leaves
+        no gap on disk; otherwise it waits for the full pass (``_seal_all_before``)."""
+        block = self._dirty.get(index)
+        if block is not None and len(block) == self.layout.block_size and index < last and self._sealable(index):
+            self._seal_nonfinal(index)
 
     def _seal_all_before(self, upto: int) -> None:
         """Seal, as non-final, every block before ``upto`` that differs from disk:

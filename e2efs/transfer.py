@@ -39,9 +39,14 @@ def _keep_metadata(path: str, st: os.stat_result, follow: bool = True, mode: boo
 
 
 def _read_chunks(path: str):
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
+    """The file in 1 MiB views of one reused buffer (a fresh 1 MiB bytes per
+    read is an mmap and its page faults); each view is valid until the next.
+    A reader thread to overlap reading with encryption was tried: on two cores
+    GIL hand-offs made import 2.5x slower."""
+    buf = bytearray(CHUNK)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            yield memoryview(buf)[:n]
 
 
 class Stats:
@@ -202,9 +207,13 @@ def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress) -> None:
 def decrypt_file(tree: Tree, source: str, target: str) -> int:
     content = tree.open_content(source)
     try:
-        with open(target, "wb") as out:
+        buf = memoryview(bytearray(CHUNK))
+        with open(target, "wb", buffering=0) as out:
             for offset in range(0, content.size, CHUNK):
-                out.write(content.read(offset, CHUNK))
+                n = content.read_into(offset, buf)
+                written = 0
+                while written < n:
+                    written += out.write(buf[written:n])
         return content.size
     finally:
         os.close(content.fd)
