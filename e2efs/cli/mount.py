@@ -6,6 +6,7 @@ parent returns to the shell only once the mount is live, or prints the
 child's one-line error.
 """
 
+import argparse
 import json
 import logging
 import os
@@ -35,7 +36,17 @@ def parse_idle(text: str) -> float:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mount", help="unlock a vault and mount it as a folder")
+    p = sub.add_parser(
+        "mount", help="unlock a vault and mount it as a folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Unlock VAULT and show its plaintext at MOUNTPOINT (an empty folder); any program\n"
+                    "reads and writes there, and only ciphertext reaches VAULT. Returns to the shell\n"
+                    "once the mount is live; 'e2efs unmount MOUNTPOINT' flushes and locks.\n\n"
+                    "example:\n  e2efs mount ~/Drive/chats-vault ~/ChatBackup --idle 15m\n\n"
+                    "New files and files rewritten from scratch reach the vault by an atomic rename\n"
+                    "when closed, so a crash keeps the previous version. It never mounts over a\n"
+                    "non-empty folder, and never writes the key anywhere (memory is locked where\n"
+                    "allowed; the key is wiped at unmount).")
     p.add_argument("vault", help="the vault folder")
     p.add_argument("mountpoint", help="an empty folder where the plaintext appears")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
@@ -52,7 +63,9 @@ def register(sub) -> None:
         u.add_argument("mountpoint", nargs="?")
         u.add_argument("--all", action="store_true", help="every vault mounted by this user")
         u.set_defaults(func=cmd_unmount)
-    s = sub.add_parser("status", help="list mounted vaults")
+    s = sub.add_parser("status", help="list mounted vaults",
+                       description="Mount point, vault, daemon pid and since when, for every live mount "
+                                   "of this user. Needs no secret and shows none.")
     s.add_argument("--json", action="store_true", help="print as JSON")
     s.set_defaults(func=cmd_status)
 
