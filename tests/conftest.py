@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from e2efs.fs.mountpoint import is_mounted
 from e2efs.vault import KdfParams, Vault
 
 PASSWORD = b"correct horse battery staple 42"
@@ -58,7 +59,7 @@ class Mount:
              "--password-file", self.password_file, "--log", self.log, *extra],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not os.path.ismount(self.path):
+        while is_mounted(self.path) != "live":         # not a dead mount still in the way
             if self.proc.poll() is not None:
                 raise AssertionError(f"mount exited with {self.proc.returncode}: {self.proc.stderr.read().decode()}")
             if time.monotonic() > deadline:

@@ -109,10 +109,9 @@ def _kill_daemon(m, stale: bool = False) -> None:
     m.proc.wait()
     m.proc = None
     deadline = time.monotonic() + 5
-    while is_mounted(m.path) == "live" and time.monotonic() < deadline:
-        time.sleep(0.005)       # attributes cached by the kernel answer stat for a moment
-    if stale:
-        assert is_mounted(m.path) == "stale"
+    while is_mounted(m.path) == ("live" if stale else "stale") and time.monotonic() < deadline:
+        time.sleep(0.005)       # the connection abort, or the helper's unmount, takes a moment
+    assert is_mounted(m.path) == ("stale" if stale else None)
 
 
 def prepare(m) -> None:

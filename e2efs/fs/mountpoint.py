@@ -6,14 +6,19 @@ import subprocess
 
 
 def is_mounted(path: str) -> str | None:
-    """"live", "stale" (dead FUSE daemon) or None."""
+    """"live", "stale" (dead FUSE daemon) or None.
+
+    A stat() alone can be answered from the kernel's attribute cache for a
+    moment after the daemon died; opening the directory needs the daemon."""
     try:
         os.stat(path)
+        if not os.path.ismount(path):
+            return None
+        with os.scandir(path) as entries:
+            next(entries, None)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            return "stale"
-        return None
-    return "live" if os.path.ismount(path) else None
+        return "stale" if exc.errno == errno.ENOTCONN else None
+    return "live"
 
 
 def fstype(path: str) -> str | None:
