@@ -48,9 +48,8 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     except RuntimeError as exc:
         raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
     try:
-        _raise_read_ahead(mountpoint)
         ready()
-        trio.run(_serve, ops, idle_seconds)
+        trio.run(_serve, ops, idle_seconds, mountpoint)
     finally:
         try:
             ops.files.close_all()
@@ -60,10 +59,12 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
         log.info("unmounted %s; key wiped from memory", mountpoint)
 
 
-def _raise_read_ahead(mountpoint: str) -> None:
+async def _raise_read_ahead(ops: Operations, mountpoint: str) -> None:
     """Let the kernel read ahead 1 MiB instead of 128 KiB: fewer, larger READ
     requests, each a single preadv + decrypt of a run of blocks (PYFUSE3_NOTES:
-    cold reads ~1000 -> ~1800 MB/s). Needs root; without it reads still work."""
+    cold reads ~1000 -> ~1800 MB/s). Only after INIT: the kernel caps read-ahead
+    at the negotiated value then. Needs root; without it reads still work."""
+    await ops.connected.wait()
     device = _device_of(mountpoint)
     try:
         with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
@@ -86,9 +87,10 @@ def _device_of(mountpoint: str) -> str | None:
     return found
 
 
-async def _serve(ops: Operations, idle_seconds: float) -> None:
+async def _serve(ops: Operations, idle_seconds: float, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
+        nursery.start_soon(_raise_read_ahead, ops, mountpoint)
         if idle_seconds:
             nursery.start_soon(_lock_when_idle, ops, idle_seconds)
         await pyfuse3.main()
