@@ -38,7 +38,7 @@ from .errors import CorruptData, IOFailure, NoSpace, VaultCorrupt, VaultMounted
 from .names import (ROOT_DIR_ID, SIDE_SUFFIX, Kind, NameCipher, long_stem_name, parse_backing_name,
                     side_record_name)
 from .tree import TEMP_PREFIX
-from .vault import (FORMAT_VERSION, VAULT_BACKUP, VAULT_FILE, RekeyState, Vault, VaultFile, atomic_write,
+from .vault import (FORMAT_VERSION, VAULT_BACKUP, VAULT_FILE, RekeyState, Vault, VaultFile, atomic_write, fsync_dir,
                     key_check)
 
 REKEY_TEMP_PREFIX = TEMP_PREFIX + "rekey-"
@@ -299,7 +299,7 @@ def _rename(keys: TwoKeys, dir_path: str, dir_id: bytes, fname: str, name: bytes
         raise IOFailure(f"cannot rename {os.path.join(dir_path, fname)}: {backing} already exists (two entries "
                         "with the same name; rename one through the mount, then run rekey again)")
     os.rename(os.path.join(dir_path, fname), new_path)
-    _fsync_dir(dir_path)
+    fsync_dir(dir_path)
     _step()
     return new_path
 
@@ -320,14 +320,6 @@ def _drop_old_side_records(keys: TwoKeys, dir_path: str, dir_id: bytes, stats: S
             continue                                    # not ours to judge: fsck reports it
         os.unlink(os.path.join(dir_path, fname))
         stats.removed.append(os.path.join(dir_path, fname))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def snapshot_with_both_keys(root: str, old_master: bytes, new_master: bytes, block_size: int) -> dict:

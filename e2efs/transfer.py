@@ -18,6 +18,7 @@ import stat
 from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace, VerificationFailed
 from .names import Kind
 from .tree import Dir, Tree
+from .vault import fsync_dir
 
 CHUNK = 1 << 20
 
@@ -66,14 +67,6 @@ def import_tree(tree: Tree, source: str, progress=None, in_place: bool = False) 
     return stats
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
@@ -82,16 +75,20 @@ def _verify_imported(tree: Tree, d: Dir, entry, path: bytes, st: os.stat_result)
     """Read the committed entry back through the vault and compare it with the source."""
     shown = os.fsdecode(path)
     try:
-        if entry.kind is Kind.SYMLINK:
-            same = tree.readlink(d, entry) == os.readlink(path)
-        elif entry.kind is Kind.NODE:
-            same = tree.node_info(d, entry) == (stat.S_IFMT(st.st_mode), st.st_rdev)
-        else:
-            same = _content_equals(tree, tree.path(d, entry), path)
+        same = _same_as_vault(tree, d, entry, path, st)
     except CorruptData as exc:
         raise VerificationFailed(f"{shown}: reading it back from the vault failed ({exc}); it was not removed") from None
     if not same:
         raise VerificationFailed(f"{shown}: the vault's copy differs from it; it was not removed")
+
+
+def _same_as_vault(tree: Tree, d: Dir, entry, path, st: os.stat_result) -> bool:
+    """Does the plain file at ``path`` (lstat ``st``) hold what the vault entry holds?"""
+    if entry.kind is Kind.SYMLINK:
+        return tree.readlink(d, entry) == os.readlink(path)
+    if entry.kind is Kind.NODE:
+        return tree.node_info(d, entry) == (stat.S_IFMT(st.st_mode), st.st_rdev)
+    return _content_equals(tree, tree.path(d, entry), path)
 
 
 def _content_equals(tree: Tree, cipher_path: str, plain_path) -> bool:
@@ -127,7 +124,7 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, in_place
                 _keep_metadata(tree.path(d, entry), st)
                 stats.dirs += 1
                 if in_place and not os.listdir(path):
-                    _fsync_dir(d.path)
+                    fsync_dir(d.path)
                     os.rmdir(path)
                 continue
             if stat.S_ISREG(st.st_mode):
@@ -142,7 +139,7 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, in_place
             _keep_metadata(tree.path(d, entry), st, mode=entry.kind is not Kind.SYMLINK)
             stats.files += 1
             if in_place:
-                _fsync_dir(d.path)               # the commit is durable before the plaintext goes
+                fsync_dir(d.path)               # the commit is durable before the plaintext goes
                 if not _same_file(st, os.lstat(path)):
                     stats.kept.append(shown)     # written to while we read it: keep the plaintext
                 else:
@@ -258,13 +255,7 @@ def _verify_dir(tree: Tree, d: Dir, out: bytes, progress) -> None:
         if entry.kind is Kind.DIR:
             _verify_dir(tree, tree.subdir(d, entry), target, progress)
             continue
-        if entry.kind is Kind.SYMLINK:
-            same = tree.readlink(d, entry) == os.readlink(target)
-        elif entry.kind is Kind.NODE:
-            same = tree.node_info(d, entry) == (stat.S_IFMT(st.st_mode), st.st_rdev)
-        else:
-            same = _content_equals(tree, tree.path(d, entry), target)
-        if not same:
+        if not _same_as_vault(tree, d, entry, target, st):
             raise VerificationFailed(f"{shown}: differs from the vault's copy")
         if progress:
             progress(shown, st.st_size)

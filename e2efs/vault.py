@@ -437,6 +437,15 @@ def _block_size_from_files(root: str) -> int:
     return DEFAULT_BLOCK_SIZE
 
 
+def fsync_dir(path: str) -> None:
+    """A rename or unlink is durable only once its directory is synced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str, data: bytes) -> None:
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.urandom(6).hex()}")
@@ -450,11 +459,7 @@ def atomic_write(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dfd = os.open(directory or ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(directory or ".")
     except OSError as exc:
         try:
             os.unlink(tmp)
