@@ -67,8 +67,11 @@ class FileCipher:
         return self._header + _BLOCK_AAD.pack(index, 1 if final else 0)
 
     def seal(self, index: int, plain: bytes, final: bool) -> bytes:
-        nonce = os.urandom(NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, plain, self._aad(index, final))
+        """nonce | ciphertext | tag as a new bytes (the format vectors); the hot
+        paths use ``seal_into``, which holds the one copy of that layout."""
+        out = bytearray(len(plain) + BLOCK_OVERHEAD)
+        self.seal_into(index, plain, final, memoryview(out), os.urandom(NONCE_LEN))
+        return bytes(out)
 
     def open(self, index: int, block: bytes, final: bool) -> bytes | None:
         try:
@@ -244,7 +247,7 @@ class ContentFile:
             if lo == start and hi - lo == want:
                 ok = self._cipher.open_into(i, block, final, out[lo - offset:hi - offset])
             else:
-                plain = self._cipher.open(i, bytes(block), final)
+                plain = self._cipher.open(i, block, final)
                 ok = plain is not None
                 if ok:       # past a stored final block (an extension) the file reads zeros
                     chunk = plain[lo - start:hi - start]

@@ -66,6 +66,9 @@ async def _raise_read_ahead(ops: Operations, mountpoint: str) -> None:
     at the negotiated value then. Needs root; without it reads still work."""
     await ops.connected.wait()
     device = _device_of(mountpoint)
+    if device is None:
+        log.info("read-ahead left at the default (%s not in mountinfo)", mountpoint)
+        return
     try:
         with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
             f.write(str(READ_AHEAD_KB))
