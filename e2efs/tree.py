@@ -185,8 +185,9 @@ class Tree:
     def _forget_side_record(self, d: Dir, entry: Entry) -> None:
         parsed = parse_backing_name(entry.backing)
         if parsed is not None and parsed.is_long:
-            still_used = any(e.backing.split(".", 1)[0] == parsed.stem
-                             for e in self._scan(d).values() if e.backing != entry.backing)
+            # parsing is enough to see who names this record: no need to decrypt the directory
+            still_used = any(other != entry.backing and (p := parse_backing_name(other)) is not None
+                             and p.stem == parsed.stem for other in os.listdir(d.path))
             if not still_used:
                 try:
                     os.unlink(os.path.join(d.path, side_record_name(parsed.stem)))
