@@ -16,6 +16,7 @@ from .. import memlock
 from ..errors import MountFailed
 from ..tree import Tree
 from ..vault import Vault
+from . import requestloop
 from .operations import Operations
 
 log = logging.getLogger("e2efs")
@@ -96,7 +97,7 @@ async def _serve(ops: Operations, idle_seconds: float, mountpoint: str) -> None:
         nursery.start_soon(_raise_read_ahead, ops, mountpoint)
         if idle_seconds:
             nursery.start_soon(_lock_when_idle, ops, idle_seconds)
-        await pyfuse3.main()
+        await requestloop.serve()
         nursery.cancel_scope.cancel()
 
 
