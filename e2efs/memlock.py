@@ -7,20 +7,24 @@ called once by the mount daemon; what it achieved is logged, not assumed.
 """
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 import resource
 
 log = logging.getLogger("e2efs")
 
-MCL_CURRENT, MCL_FUTURE = 1, 2
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 PR_SET_DUMPABLE = 4
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
+@functools.cache
 def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    """The C library through the process's own symbols: no ``find_library``,
+    which runs ``ldconfig -p`` in a subprocess (5-10 ms per call, on the mount's
+    critical path)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _may_lock_everything() -> bool:
@@ -38,7 +42,7 @@ def protect() -> dict:
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
         result["no_core_dumps"] = True
     if _may_lock_everything():
-        if libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0:
+        if _lock_all(libc):
             result["mlock"] = True
         else:
             log.warning("mlockall failed (%s): key material may be swapped to disk",
@@ -47,6 +51,17 @@ def protect() -> dict:
         log.warning("not root and RLIMIT_MEMLOCK is limited: memory is not locked, key material may be "
                     "swapped to disk (use encrypted swap, or raise the limit)")
     return result
+
+
+def _lock_all(libc) -> bool:
+    """Lock every page that is in RAM now or ever will be.  MCL_ONFAULT locks
+    a page the moment it is faulted in, before it can hold anything, so every
+    page that holds data stays locked, as with plain mlockall; without it the
+    kernel first faults in and locks the whole mapping, ~20 MiB never used,
+    ~10 ms on the mount's critical path.  Kernels before 4.4 refuse
+    MCL_ONFAULT: lock everything at once there."""
+    return (libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0
+            or libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0)
 
 
 def keep_buffers_mapped() -> None:

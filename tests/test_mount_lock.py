@@ -13,6 +13,22 @@ def _daemon_status(pid: int) -> dict:
         return dict(line.split(":", 1) for line in f.read().splitlines())
 
 
+def _resident_unlocked(pid: int) -> list[str]:
+    """Mappings of ``pid`` with pages in RAM but no mlock (VmFlags "lo"). The
+    kernel's vDSO cannot be locked and holds nothing of the process."""
+    found, name, rss = [], "", 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            field = line.split()
+            if "-" in field[0]:
+                name = field[5] if len(field) > 5 else "[anonymous]"
+            elif field[0] == "Rss:":
+                rss = int(field[1])
+            elif field[0] == "VmFlags:" and rss and "lo" not in field[1:] and name not in ("[vdso]", "[vvar]", "[vsyscall]"):
+                found.append(name)
+    return found
+
+
 def test_lock_all_locks_every_vault(vault_mount, tmp_path):
     first = vault_mount
     (tmp_path / "second").mkdir()
@@ -44,6 +60,9 @@ def test_daemon_locks_memory_and_wipes_the_key(mounted):
         pytest.skip("mlockall of the whole daemon needs root (or an unlimited RLIMIT_MEMLOCK)")
     status = _daemon_status(mounted.proc.pid)
     assert int(status["VmLck"].split()[0]) > 0          # mlockall held: nothing of the daemon can be swapped
+    with open(mounted.p("f"), "wb") as f:                # memory touched after the mount is locked too
+        f.write(os.urandom(4 << 20))
+    assert _resident_unlocked(mounted.proc.pid) == []
     with open(f"/proc/{mounted.proc.pid}/cmdline", "rb") as f:
         assert b"correct horse" not in f.read()
     mounted.unmount()
