@@ -1,28 +1,22 @@
-"""mount / unmount (lock) / status.
-
-``mount`` unlocks in the foreground (a wrong secret fails at once), checks the
-mount point, then forks: the child mounts and reports through a pipe, and the
+"""mount: unlock in the foreground (a wrong secret fails at once), check the
+mount point, then fork: the child mounts and reports through a pipe, and the
 parent returns to the shell only once the mount is live, or prints the
 child's one-line error.
 """
 
 import argparse
-import json
 import logging
 import os
 import re
 import shutil
 import sys
-import time
 
 from ..errors import E2efsError, FuseUnavailable, MountFailed, MountpointError, UsageError
 from ..fs import registry
-from ..fs.mountpoint import fstype, fusermount, is_mounted
+from ..fs.mountpoint import fusermount, is_mounted
 from .secrets import add_secret_options, unlock
 
 log = logging.getLogger("e2efs")
-
-UNMOUNT_WAIT_SECONDS = 120
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT_SECONDS = {"": 60, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -56,18 +50,6 @@ def register(sub) -> None:
     p.add_argument("--log", metavar="FILE", help="append the daemon's log to FILE")
     add_secret_options(p)
     p.set_defaults(func=cmd_mount)
-    for name in ("unmount", "lock"):
-        u = sub.add_parser(name, help="flush everything, unmount and lock" + (" (same as unmount)" if name == "lock" else ""),
-                           description="Wait until every write has reached the vault, unmount, and wipe the key "
-                                       "from the daemon's memory. Example: e2efs lock --all")
-        u.add_argument("mountpoint", nargs="?")
-        u.add_argument("--all", action="store_true", help="every vault mounted by this user")
-        u.set_defaults(func=cmd_unmount)
-    s = sub.add_parser("status", help="list mounted vaults",
-                       description="Mount point, vault, daemon pid and since when, for every live mount "
-                                   "of this user. Needs no secret and shows none.")
-    s.add_argument("--json", action="store_true", help="print as JSON")
-    s.set_defaults(func=cmd_status)
 
 
 # -- mount --------------------------------------------------------------------
@@ -197,67 +179,3 @@ def _report(wfd: int, text: str) -> None:
         os.close(wfd)
     except OSError:
         pass                # already reported "ok"
-
-
-# -- unmount / status ------------------------------------------------------------
-
-def cmd_unmount(args) -> int:
-    if args.all == bool(args.mountpoint):
-        raise UsageError("name one mount point, or --all")
-    if not args.all:
-        return unmount(os.path.realpath(args.mountpoint))
-    mounts = registry.live_mounts()
-    if not mounts:
-        print("no vault is mounted")
-    failed = None
-    for m in mounts:
-        try:
-            unmount(m["mountpoint"])
-        except E2efsError as exc:        # lock the others anyway, report the first failure
-            print(f"e2efs: {exc}", file=sys.stderr)
-            failed = failed or exc
-    if failed is not None:
-        raise failed
-    return 0
-
-
-def unmount(mountpoint: str) -> int:
-    state = is_mounted(mountpoint)
-    if state == "stale":
-        fusermount(mountpoint, lazy=True)
-        registry.remove(mountpoint)
-        print(f"cleaned the stale mount at {mountpoint} (its daemon had died)")
-        return 0
-    if state is None:
-        registry.remove(mountpoint)
-        raise MountpointError(f"{mountpoint} is not mounted")
-    if fstype(mountpoint) != "fuse.e2efs":
-        raise MountpointError(f"{mountpoint} is not an e2efs mount")
-    entry = registry.find(mountpoint)
-    done = fusermount(mountpoint)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
-        raise MountpointError(f"cannot unmount {mountpoint}: {reason}")
-    if entry is not None:
-        deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
-        while registry.process_alive(entry["pid"]):
-            if time.monotonic() > deadline:
-                raise MountFailed(f"unmounted {mountpoint}, but its daemon (pid {entry['pid']}) is still writing")
-            time.sleep(0.02)
-        registry.remove(mountpoint)
-    print(f"unmounted {mountpoint}")
-    return 0
-
-
-def cmd_status(args) -> int:
-    mounts = registry.live_mounts()
-    if args.json:
-        json.dump(mounts, sys.stdout, indent=2)
-        print()
-        return 0
-    if not mounts:
-        print("no vault is mounted")
-    for m in mounts:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["since"]))
-        print(f"{m['mountpoint']}\t{m['vault']}\tpid {m['pid']}\tsince {since}")
-    return 0

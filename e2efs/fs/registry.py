@@ -7,6 +7,7 @@ at reboot).  Entries whose daemon died are dropped when read.
 import hashlib
 import json
 import os
+import select
 import time
 
 from .mountpoint import is_mounted
@@ -86,6 +87,29 @@ def process_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited (a zombie counts); False on timeout.  A
+    pidfd wakes us the moment it exits; polling /proc is only for kernels
+    before 5.3, which have no pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        deadline = time.monotonic() + timeout
+        while process_alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
 
 
 def _live(entry: dict) -> bool:

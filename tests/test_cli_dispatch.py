@@ -1,0 +1,58 @@
+"""Each command is parsed by its own module alone, so it imports nothing it does
+not run; ``e2efs --help`` and completion still see every command."""
+
+import subprocess
+import sys
+
+from e2efs.cli.completion import _subparsers
+from e2efs.cli.main import COMMANDS, build_parser
+from cli import run
+
+
+def _helps() -> dict[str, str]:
+    return {a.dest: a.help for a in _subparsers(build_parser())._choices_actions}
+
+
+def test_the_command_table_lists_every_command_in_help_order():
+    assert list(_helps()) == list(COMMANDS)
+
+
+def test_a_command_alone_has_the_same_parser_as_in_the_whole():
+    whole = _subparsers(build_parser()).choices
+    for name in COMMANDS:
+        alone = _subparsers(build_parser(name)).choices
+        assert alone[name].format_help() == whole[name].format_help(), name
+
+
+def test_help_lists_every_command_with_its_help():
+    for args in (["--help"], ["-v", "--help"]):
+        out = " ".join(run(*args).stdout.split())
+        for name, text in _helps().items():
+            assert f" {name} {' '.join(text.split())}" in out, (args, name)
+
+
+def test_options_before_the_command_and_unknown_commands(monkeypatch, tmp_path):
+    monkeypatch.setenv("E2EFS_RUNTIME_DIR", str(tmp_path))
+    assert run("--version").stdout.startswith("e2efs ")
+    assert run("-v", "status").returncode == 0
+    done = run("nosuch", check=False)
+    assert done.returncode == 2 and "invalid choice: 'nosuch'" in done.stderr and "status" in done.stderr
+
+
+HEAVY = {"cryptography", "pyfuse3", "trio"}
+
+
+def _imported_by(*argv, env=None) -> set[str]:
+    """The heavy packages ``e2efs ARGV`` imported, run in a fresh interpreter."""
+    code = ("import sys; from e2efs.cli.main import main; rc = main(sys.argv[1:]); "
+            f"print('imported:', *sorted({HEAVY!r} & {{m.split('.')[0] for m in sys.modules}})); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split("imported:")[-1].split())
+
+
+def test_status_imports_no_crypto_and_no_fuse(monkeypatch, tmp_path):
+    monkeypatch.setenv("E2EFS_RUNTIME_DIR", str(tmp_path))
+    assert _imported_by("status") == set()
+
