@@ -56,3 +56,15 @@ def test_status_imports_no_crypto_and_no_fuse(monkeypatch, tmp_path):
     monkeypatch.setenv("E2EFS_RUNTIME_DIR", str(tmp_path))
     assert _imported_by("status") == set()
 
+
+def test_mount_command_leaves_fuse_to_the_daemon(vault_mount):
+    """The process the user waits for never loads pyfuse3 and trio: only the
+    forked daemon does."""
+    assert _imported_by("mount", vault_mount.vault, vault_mount.path, "--password-file",
+                        vault_mount.password_file, "--log", vault_mount.log, env=vault_mount.env) == {"cryptography"}
+    with open(vault_mount.p("chat.txt"), "w") as f:
+        f.write("served by the daemon")
+    vault_mount.cli("unmount", vault_mount.path)
+    vault_mount.mount()
+    with open(vault_mount.p("chat.txt")) as f:
+        assert f.read() == "served by the daemon"

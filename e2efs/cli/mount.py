@@ -2,6 +2,9 @@
 mount point, then fork: the child mounts and reports through a pipe, and the
 parent returns to the shell only once the mount is live, or prints the
 child's one-line error.
+
+Only the child imports the daemon (pyfuse3, trio): the parent, which the
+user waits for, neither loads nor tears down what it never runs.
 """
 
 import argparse
@@ -13,7 +16,7 @@ import sys
 
 from ..errors import E2efsError, FuseUnavailable, MountFailed, MountpointError, UsageError
 from ..fs import registry
-from ..fs.mountpoint import fusermount, is_mounted
+from ..fs.mountpoint import fusermount, is_mounted, vault_read_only
 from .secrets import add_secret_options, unlock
 
 log = logging.getLogger("e2efs")
@@ -92,8 +95,6 @@ def _setup_log(path: str | None) -> None:
 
 
 def cmd_mount(args) -> int:
-    from ..fs import daemon          # pyfuse3 is imported only by the commands that mount
-
     vault_root = os.path.abspath(args.vault)
     mountpoint = os.path.realpath(args.mountpoint)
     idle = parse_idle(args.idle)
@@ -102,7 +103,6 @@ def cmd_mount(args) -> int:
     vault = unlock(args, vault_root)
     for warning in vault.warnings:
         print(f"e2efs: warning: {warning}", file=sys.stderr)
-    from ..fs.operations import vault_read_only
     if not args.read_only and vault_read_only(vault_root):
         print(f"e2efs: warning: the vault folder {vault_root} is read-only: mounting read-only", file=sys.stderr)
         args.read_only = True
@@ -110,6 +110,7 @@ def cmd_mount(args) -> int:
     options = dict(read_only=args.read_only, allow_other=args.allow_other, idle_seconds=idle)
 
     if args.foreground:
+        from ..fs import daemon
         _setup_log(log_file)
 
         def ready():
@@ -120,17 +121,17 @@ def cmd_mount(args) -> int:
         finally:
             registry.remove(mountpoint, os.getpid())
         return 0
-    return _daemonize(daemon, vault, vault_root, mountpoint, log_file or registry.log_path(mountpoint), options)
+    return _daemonize(vault, vault_root, mountpoint, log_file or registry.log_path(mountpoint), options)
 
 
-def _daemonize(daemon, vault, vault_root: str, mountpoint: str, log_file: str, options: dict) -> int:
+def _daemonize(vault, vault_root: str, mountpoint: str, log_file: str, options: dict) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(rfd)
-        os._exit(_child(daemon, vault, vault_root, mountpoint, log_file, options, wfd))
+        os._exit(_child(vault, vault_root, mountpoint, log_file, options, wfd))
     os.close(wfd)
     with os.fdopen(rfd, "rb") as pipe:
         report = pipe.read().decode(errors="replace")
@@ -144,7 +145,7 @@ def _daemonize(daemon, vault, vault_root: str, mountpoint: str, log_file: str, o
     return int(code)
 
 
-def _child(daemon, vault, vault_root, mountpoint, log_file, options, wfd) -> int:
+def _child(vault, vault_root, mountpoint, log_file, options, wfd) -> int:
     """The daemon process: never returns into the CLI, reports once through ``wfd``."""
     try:
         os.setsid()
@@ -152,8 +153,9 @@ def _child(daemon, vault, vault_root, mountpoint, log_file, options, wfd) -> int
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        os.chdir("/")
         _setup_log(log_file)
+        from ..fs import daemon     # before chdir: a relative sys.path entry still finds it
+        os.chdir("/")
 
         def ready():
             registry.add(mountpoint, vault_root, os.getpid(), log_file)

@@ -1,4 +1,5 @@
-"""Mount point checks: live, stale ("Transport endpoint is not connected"), free."""
+"""Checks around a mount: the mount point live, stale ("Transport endpoint is
+not connected") or free; the vault folder writable.  No FUSE library needed."""
 
 import errno
 import os
@@ -19,6 +20,13 @@ def is_mounted(path: str) -> str | None:
     except OSError as exc:
         return "stale" if exc.errno == errno.ENOTCONN else None
     return "live"
+
+
+def vault_read_only(root: str) -> bool:
+    try:
+        return bool(os.statvfs(root).f_flag & os.ST_RDONLY) or not os.access(root, os.W_OK)
+    except OSError:
+        return False
 
 
 def fstype(path: str) -> str | None:
