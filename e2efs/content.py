@@ -129,12 +129,13 @@ class ContentFile:
 
     @classmethod
     def create(cls, fd: int, keys: Keys, block_size: int, label: str) -> "ContentFile":
-        """Start a new, empty file on an empty fd (header and the one final block)."""
+        """Start a new, empty file on a new, empty fd.  Only the header is written
+        now: the final block is sealed by the first ``flush``, which every new
+        file gets before it is committed, so a small file is sealed once."""
         header = Header.new(block_size)
-        os.ftruncate(fd, 0)
         f = cls(fd, keys, header, 0, label)
         os.pwrite(fd, header.raw, 0)
-        f._put(0, b"", final=True)
+        f._disk_blocks, f._disk_final = 0, None
         return f
 
     @classmethod

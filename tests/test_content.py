@@ -129,6 +129,8 @@ def test_rewriting_one_block_changes_only_that_block(tmp_path):
 
 def test_header_layout(tmp_path):
     f = new_content(tmp_path / "f", KEYS, block_size=1 << 16)
+    assert (tmp_path / "f").read_bytes() == b"E2EF\x01\x10\x00\x00" + f.header.file_id   # sealed by flush
+    f.flush()
     os.close(f.fd)
     raw = (tmp_path / "f").read_bytes()
     assert raw[:8] == b"E2EF\x01\x10\x00\x00" and raw[8:24] == f.header.file_id
