@@ -45,6 +45,7 @@ class InodeTable:
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, Kind.DIR, ROOT_DIR_ID)}
         self._children: dict[Link, int] = {}
         self._by_backing: dict[int, int] = {}
+        self._dirs: dict[int, Dir] = {pyfuse3.ROOT_INODE: tree.root}
         self._next = pyfuse3.ROOT_INODE + 1
 
     def get(self, ino: int) -> Node:
@@ -56,11 +57,14 @@ class InodeTable:
     # -- paths --------------------------------------------------------------
 
     def dir(self, ino: int) -> Dir:
-        node = self.get(ino)
-        if ino == pyfuse3.ROOT_INODE:
-            return self.tree.root
-        (parent, _), backing = next(iter(node.links.items()))
-        return Dir(os.path.join(self.dir(parent).path, backing), node.dir_id)
+        """Kept per directory until any directory loses a link (rename, rmdir):
+        every request needs one, and rebuilding it walks every parent."""
+        d = self._dirs.get(ino)
+        if d is None:
+            node = self.get(ino)
+            (parent, _), backing = next(iter(node.links.items()))
+            d = self._dirs[ino] = Dir(os.path.join(self.dir(parent).path, backing), node.dir_id)
+        return d
 
     def path(self, node: Node) -> str:
         """Where the node's bytes are now (its temp file while uncommitted)."""
@@ -113,6 +117,8 @@ class InodeTable:
 
     def drop_link(self, node: Node, link: Link) -> None:
         node.links.pop(link, None)
+        if node.kind is Kind.DIR:
+            self._dirs = {pyfuse3.ROOT_INODE: self.tree.root}   # paths below it moved or vanished
         if self._children.get(link) == node.ino:
             del self._children[link]
         if not node.links and node.backing_ino is not None:
