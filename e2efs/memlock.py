@@ -3,7 +3,8 @@ dumps), and an allocator that does not map and unmap a buffer per request.
 
 Python cannot promise that no copy of a key is left in freed memory; what it
 can do is stop the kernel from writing that memory out.  ``protect`` is
-called once by the mount daemon; what it achieved is logged, not assumed.
+called once by the process that will serve a mount, before it imports the
+daemon; what it achieved is logged, not assumed.
 """
 
 import ctypes
@@ -34,23 +35,20 @@ def _may_lock_everything() -> bool:
     return os.geteuid() == 0 or soft == resource.RLIM_INFINITY
 
 
-def protect() -> dict:
-    """Lock all pages in RAM and forbid core dumps; returns what held."""
+def protect() -> None:
+    """Lock all pages in RAM and forbid core dumps; log what held."""
     libc = _libc()
-    result = {"mlock": False, "no_core_dumps": False}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
-        result["no_core_dumps"] = True
-    if _may_lock_everything():
-        if _lock_all(libc):
-            result["mlock"] = True
-        else:
-            log.warning("mlockall failed (%s): key material may be swapped to disk",
-                        os.strerror(ctypes.get_errno()))
-    else:
+    no_core_dumps = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    locked = False
+    if not _may_lock_everything():
         log.warning("not root and RLIMIT_MEMLOCK is limited: memory is not locked, key material may be "
                     "swapped to disk (use encrypted swap, or raise the limit)")
-    return result
+    elif _lock_all(libc):
+        locked = True
+    else:
+        log.warning("mlockall failed (%s): key material may be swapped to disk", os.strerror(ctypes.get_errno()))
+    log.info("memory locked: %s; core dumps off: %s", locked, no_core_dumps)
 
 
 def _lock_all(libc) -> bool:

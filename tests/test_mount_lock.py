@@ -69,3 +69,18 @@ def test_daemon_locks_memory_and_wipes_the_key(mounted):
     log = mounted.log_text()
     assert "memory locked: True; core dumps off: True" in log
     assert "key wiped from memory" in log
+
+
+def test_forked_daemon_locks_its_memory_too(vault_mount):
+    """``e2efs mount`` without --foreground: the forked daemon, which imports
+    pyfuse3 and trio after the fork, has every resident page locked."""
+    if os.geteuid() != 0:
+        pytest.skip("mlockall of the whole daemon needs root (or an unlimited RLIMIT_MEMLOCK)")
+    m = vault_mount
+    m.cli("mount", m.vault, m.path, "--password-file", m.password_file, "--log", m.log)
+    [entry] = json.loads(m.cli("status", "--json").stdout)
+    with open(m.p("f"), "wb") as f:
+        f.write(os.urandom(4 << 20))
+    assert _resident_unlocked(entry["pid"]) == []
+    m.cli("unmount", m.path)
+    assert "memory locked: True; core dumps off: True" in m.log_text()

@@ -38,11 +38,11 @@ def mount_options(vault_root: str, read_only: bool, allow_other: bool) -> set[st
 
 def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
         idle_seconds: float = 0, ready=lambda: None) -> None:
-    """Mount, call ``ready()`` once the mount is live, serve until unmounted."""
+    """Mount, call ``ready()`` once the mount is live, serve until unmounted.
+    The caller locks its memory (``memlock.protect``) before importing this
+    module: the ~0.15 s of imports must not run with the key in unlocked memory."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
     memlock.keep_buffers_mapped()
-    held = memlock.protect()
-    log.info("memory locked: %s; core dumps off: %s", held["mlock"], held["no_core_dumps"])
     ops = Operations(Tree(vault), read_only)
     try:
         pyfuse3.init(ops, mountpoint, mount_options(vault.root, read_only, allow_other))
