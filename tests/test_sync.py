@@ -90,6 +90,19 @@ def test_conflict_copies_appear_readable_and_distinct(mounted):
     assert read(m.p("chat.db (5)")) == b"original"
 
 
+def test_a_name_missed_while_mounted_is_found_once_synced(mounted):
+    """The kernel caches a lookup miss for a second only: a file that a sync
+    client delivers later is found by its name, not just by listing."""
+    assert not os.path.exists(mounted.p("from-phone.db"))        # a cached miss
+    tree = tree_of(mounted.vault)
+    tree.write_file(tree.root, b"from-phone.db", [b"synced"])
+    deadline = time.monotonic() + 3
+    while not os.path.exists(mounted.p("from-phone.db")):
+        assert time.monotonic() < deadline, "a synced file stayed hidden behind a cached miss"
+        time.sleep(0.05)
+    assert read(mounted.p("from-phone.db")) == b"synced"
+
+
 def test_change_in_the_same_mtime_tick_is_not_lost(tmp_path):
     """The listing cache trusts directory mtimes; a sync client's change in the same
     tick as ours must still be seen once the directory is quiet."""

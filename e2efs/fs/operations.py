@@ -99,6 +99,19 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def _absent_entry() -> pyfuse3.EntryAttributes:
+    """A lookup miss the kernel may cache like a hit (inode 0): SQLite looks for
+    its -journal and -wal several times per transaction; our own creates and
+    unlinks update the kernel's entry themselves."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = 0
+    a.entry_timeout = TIMEOUT
+    return a
+
+
+_ABSENT = _absent_entry()
+
+
 def _fail(code: int):
     raise FUSEError(code)
 
@@ -221,7 +234,8 @@ class Operations(pyfuse3.Operations):
             return self._looked_up(self.inodes.get(node.link[0]) if node.links else node)
         if len(name) > 255:
             raise FUSEError(errno.ENAMETOOLONG)
-        return self._looked_up(self._child(parent_inode, name))
+        node = self.inodes.child(parent_inode, name)
+        return self._looked_up(node) if node is not None else _ABSENT
 
     async def forget(self, inode_list):
         for ino, count in inode_list:
