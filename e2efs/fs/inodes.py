@@ -84,20 +84,27 @@ class InodeTable:
 
     def child(self, parent: int, name: bytes) -> Node | None:
         """The node called ``name`` in ``parent`` (lookup count unchanged)."""
+        return self.child_and_stat(parent, name)[0]
+
+    def child_and_stat(self, parent: int, name: bytes, listing: dict[bytes, Entry] | None = None
+                       ) -> tuple[Node | None, os.stat_result | None]:
+        """``child``, plus the backing lstat made to place a node not known yet,
+        so its attributes cost no second one.  ``listing``: ``parent``'s entries
+        when the caller has just validated them (readdir, once per batch)."""
         ino = self._children.get((parent, name))
         if ino is not None:
-            return self.nodes[ino]
-        entry = self.tree.lookup(self.dir(parent), name)
-        if entry is None:
-            return None
+            return self.nodes[ino], None
         d = self.dir(parent)
+        entry = (self.tree.entries(d) if listing is None else listing).get(name)
+        if entry is None:
+            return None, None
         st = os.lstat(self.tree.path(d, entry))
         node = self.nodes.get(self._by_backing.get(st.st_ino, 0))
         if node is None or node.kind is not entry.kind:
             node = self.new(entry.kind, entry.dir_id)
             self.set_backing(node, st.st_ino)
         self.add_link(node, (parent, name), entry.backing)
-        return node
+        return node, st
 
     def new(self, kind: Kind, dir_id: bytes | None = None) -> Node:
         node = Node(self._next, kind, dir_id)

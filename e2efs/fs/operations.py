@@ -172,9 +172,13 @@ class Operations(pyfuse3.Operations):
         if self._owner:
             os.chown(path_or_fd, ctx.uid, ctx.gid)
 
-    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        """``st``: the backing lstat if the caller has just made it."""
         of = self.files.files.get(node.ino)
-        st = os.fstat(of.fd) if of else os.lstat(self.inodes.path(node))
+        if of:
+            st = os.fstat(of.fd)
+        elif st is None:
+            st = os.lstat(self.inodes.path(node))
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         if node.kind is Kind.DIR:
@@ -204,8 +208,8 @@ class Operations(pyfuse3.Operations):
             node.special = self.tree.node_info(self.inodes.dir(node.link[0]), self.inodes.entry(node, node.link))
         return node.special
 
-    def _looked_up(self, node: Node) -> pyfuse3.EntryAttributes:
-        attrs = self._attrs(node)
+    def _looked_up(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        attrs = self._attrs(node, st)
         node.lookups += 1
         return attrs
 
@@ -234,8 +238,8 @@ class Operations(pyfuse3.Operations):
             return self._looked_up(self.inodes.get(node.link[0]) if node.links else node)
         if len(name) > 255:
             raise FUSEError(errno.ENAMETOOLONG)
-        node = self.inodes.child(parent_inode, name)
-        return self._looked_up(node) if node is not None else _ABSENT
+        node, st = self.inodes.child_and_stat(parent_inode, name)
+        return self._looked_up(node, st) if node is not None else _ABSENT
 
     async def forget(self, inode_list):
         for ino, count in inode_list:
@@ -313,11 +317,12 @@ class Operations(pyfuse3.Operations):
     @_guarded
     def readdir(self, fh, start_id, token):
         parent, names = self._dir_handles[fh]
+        listing = self.tree.entries(self.inodes.dir(parent))
         for i in range(start_id, len(names)):
-            node = self.inodes.child(parent, names[i])
+            node, st = self.inodes.child_and_stat(parent, names[i], listing)
             if node is None:
                 continue                    # removed since opendir
-            if not pyfuse3.readdir_reply(token, names[i], self._attrs(node), i + 1):
+            if not pyfuse3.readdir_reply(token, names[i], self._attrs(node, st), i + 1):
                 if node.lookups == 0 and node.ino not in self.files.files:
                     self.inodes.evict(node)
                 return
