@@ -1,5 +1,6 @@
 """Name encryption, the backing-name grammar, long names and sync-conflict copies."""
 
+import base64
 import hashlib
 import logging
 import os
@@ -78,6 +79,10 @@ def test_invalid_plaintext_names_are_refused_even_if_authentic():
 
 def test_base32_is_lowercase_unpadded_and_strict():
     assert b32encode(b"\xff" * 16) == "7" * 25 + "4"
+    for n in range(0, 80):          # every length mod 5, against the standard library
+        data = bytes((i * 37 + n) % 256 for i in range(n))
+        assert b32encode(data) == base64.b32encode(data).decode().rstrip("=").lower()
+        assert n == 0 or b32decode(b32encode(data)) == data
     assert b32decode("7" * 25 + "4") == b"\xff" * 16
     for bad in ("7" * 25 + "Q", "abc=", "ab1", "7" * 26, "abc"):     # "7" * 26: non-zero padding bits
         with pytest.raises(ValueError):
