@@ -42,29 +42,32 @@ def test_options_before_the_command_and_unknown_commands(monkeypatch, tmp_path):
 HEAVY = {"cryptography", "pyfuse3", "trio"}
 
 
-def _imported_by(*argv, env=None) -> set[str]:
-    """The heavy packages ``e2efs ARGV`` imported, run in a fresh interpreter."""
-    code = ("import sys; from e2efs.cli.main import main; rc = main(sys.argv[1:]); "
-            f"print('imported:', *sorted({HEAVY!r} & {{m.split('.')[0] for m in sys.modules}})); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True,
-                          timeout=60)
+def _heavy_imports(*argv, env=None) -> set[str]:
+    """Which of HEAVY ``e2efs ARGV`` imported, from its -X importtime log (a
+    forked daemon sends its own to /dev/null)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "e2efs", *argv], env=env,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    return set(done.stdout.split("imported:")[-1].split())
+    modules = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert "e2efs.cli.main" in modules
+    return HEAVY & {m.split(".")[0] for m in modules}
 
 
 def test_status_imports_no_crypto_and_no_fuse(monkeypatch, tmp_path):
     monkeypatch.setenv("E2EFS_RUNTIME_DIR", str(tmp_path))
-    assert _imported_by("status") == set()
+    assert _heavy_imports("status") == set()
 
 
 def test_mount_command_leaves_fuse_to_the_daemon(vault_mount):
     """The process the user waits for never loads pyfuse3 and trio: only the
     forked daemon does."""
-    assert _imported_by("mount", vault_mount.vault, vault_mount.path, "--password-file",
-                        vault_mount.password_file, "--log", vault_mount.log, env=vault_mount.env) == {"cryptography"}
-    with open(vault_mount.p("chat.txt"), "w") as f:
+    m = vault_mount
+    assert _heavy_imports("mount", m.vault, m.path, "--password-file", m.password_file, "--log", m.log,
+                          env=m.env) == {"cryptography"}
+    with open(m.p("chat.txt"), "w") as f:
         f.write("served by the daemon")
-    vault_mount.cli("unmount", vault_mount.path)
-    vault_mount.mount()
-    with open(vault_mount.p("chat.txt")) as f:
+    m.cli("unmount", m.path)
+    m.mount()
+    with open(m.p("chat.txt")) as f:
         assert f.read() == "served by the daemon"
