@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 
+from .content import scratch
 from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace, VerificationFailed
 from .names import Kind
 from .tree import Dir, Tree
@@ -40,14 +41,15 @@ def _keep_metadata(path: str, st: os.stat_result, follow: bool = True, mode: boo
 
 
 def _read_chunks(path: str):
-    """The file in 1 MiB views of one reused buffer (a fresh 1 MiB bytes per
-    read is an mmap and its page faults); each view is valid until the next.
-    A reader thread to overlap reading with encryption was tried: on two cores
-    GIL hand-offs made import 2.5x slower."""
-    buf = bytearray(CHUNK)
+    """The file in 1 MiB views of one buffer reused across files (a fresh 1 MiB
+    buffer is an mmap and 256 page faults: 60 us, more than encrypting a small
+    file); each view is valid until the next.  Tried and measured slower on two
+    cores: a reader thread (GIL hand-offs, 2.5x slower) and worker processes
+    per file (no faster: docs/PERFORMANCE.md)."""
+    buf = scratch(CHUNK, "import")
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
-            yield memoryview(buf)[:n]
+            yield buf[:n]
 
 
 class Stats:
@@ -204,7 +206,7 @@ def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress) -> None:
 def decrypt_file(tree: Tree, source: str, target: str) -> int:
     content = tree.open_content(source)
     try:
-        buf = memoryview(bytearray(CHUNK))
+        buf = scratch(CHUNK, "export")
         with open(target, "wb", buffering=0) as out:
             for offset in range(0, content.size, CHUNK):
                 n = content.read_into(offset, buf)
