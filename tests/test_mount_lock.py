@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -84,3 +85,32 @@ def test_forked_daemon_locks_its_memory_too(vault_mount):
     assert _resident_unlocked(entry["pid"]) == []
     m.cli("unmount", m.path)
     assert "memory locked: True; core dumps off: True" in m.log_text()
+
+
+def _processes_naming(path: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if path.encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_wrong_secret_leaves_no_daemon(vault_mount, tmp_path):
+    """The daemon is forked before the secret is checked (it imports while the
+    KDF runs); without a key it exits, and nothing is mounted."""
+    m = vault_mount
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password\n")
+    done = m.cli("mount", m.vault, m.path, "--password-file", str(wrong), "--log", m.log, check=False)
+    assert done.returncode == 13 and done.stderr == "e2efs: wrong password\n"
+    deadline = time.monotonic() + 10
+    while _processes_naming(m.path):
+        assert time.monotonic() < deadline, "the forked daemon did not exit"
+        time.sleep(0.02)
+    assert not os.path.ismount(m.path)
+    assert "the vault was not unlocked: not mounting" in m.log_text()
+    assert json.loads(m.cli("status", "--json").stdout) == []

@@ -1,12 +1,9 @@
-"""mount: unlock in the foreground (a wrong secret fails at once), check the
-mount point, then fork: the child mounts and reports through a pipe, and the
-parent returns to the shell only once the mount is live, or prints the
-child's one-line error.
-
-Only the child imports the daemon (pyfuse3, trio): the parent, which the
-user waits for, neither loads nor tears down what it never runs.  The child
-locks its memory first, so the key it inherited never sits in unlocked memory
-through those imports.
+"""mount: check the mount point and fork; the parent asks for the secret and
+unlocks (a wrong secret fails at once) while the child, the daemon, locks its
+memory and imports pyfuse3 and trio (~0.15 s, hidden behind the typing and
+the KDF).  The child receives the key through a pipe, mounts and reports
+through another; the parent returns to the shell only once the mount is live,
+or prints the child's one-line error.  The parent never loads pyfuse3 or trio.
 """
 
 import argparse
@@ -18,10 +15,12 @@ import sys
 from typing import NoReturn
 
 from .. import memlock
+from ..crypto import MASTER_KEY_LEN
 from ..errors import E2efsError, FuseUnavailable, MountFailed, MountpointError, UsageError
 from ..fs import registry
 from ..fs.mountpoint import fusermount, is_mounted, vault_read_only
-from .secrets import add_secret_options, unlock
+from ..vault import LockedVault, Vault
+from .secrets import add_secret_options, unlock_with_secret
 
 log = logging.getLogger("e2efs")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -113,16 +112,22 @@ def cmd_mount(args) -> int:
     idle = parse_idle(args.idle)
     check_fuse()
     check_mountpoint(mountpoint)
-    vault = unlock(args, vault_root)
-    for warning in vault.warnings:
-        print(f"e2efs: warning: {warning}", file=sys.stderr)
+    locked = LockedVault.read(vault_root)
+    warnings = []
     if not args.read_only and vault_read_only(vault_root):
-        print(f"e2efs: warning: the vault folder {vault_root} is read-only: mounting read-only", file=sys.stderr)
+        warnings.append(f"the vault folder {vault_root} is read-only: mounting read-only")
         args.read_only = True
     log_file = os.path.abspath(args.log) if args.log else None
     options = dict(read_only=args.read_only, allow_other=args.allow_other, idle_seconds=idle)
 
+    def unlock() -> Vault:
+        vault = unlock_with_secret(args, locked)[0]
+        for warning in vault.warnings + warnings:      # after the secret: a wrong one is the only message
+            print(f"e2efs: warning: {warning}", file=sys.stderr)
+        return vault
+
     if args.foreground:
+        vault = unlock()
         daemon = _daemon_process(log_file)
 
         def ready():
@@ -133,19 +138,28 @@ def cmd_mount(args) -> int:
         finally:
             registry.remove(mountpoint, os.getpid())
         return 0
-    _daemonize(vault, vault_root, mountpoint, log_file or registry.log_path(mountpoint), options)
+    _daemonize(unlock, locked, vault_root, mountpoint, log_file or registry.log_path(mountpoint), options)
 
 
-def _daemonize(vault, vault_root: str, mountpoint: str, log_file: str, options: dict) -> NoReturn:
+def _daemonize(unlock, locked: LockedVault, vault_root: str, mountpoint: str, log_file: str,
+               options: dict) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        os._exit(_child(vault, vault_root, mountpoint, log_file, options, wfd))
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as pipe:
+    key_r, key_w = os.pipe()
+    report_r, report_w = os.pipe()
+    if os.fork() == 0:
+        os.close(key_w)
+        os.close(report_r)
+        os._exit(_child(locked, vault_root, mountpoint, log_file, options, key_r, report_w))
+    os.close(key_r)
+    os.close(report_w)
+    with os.fdopen(key_w, "wb", buffering=0) as key_pipe:   # closed without a key, the daemon just exits
+        master = unlock().keys.master
+        try:
+            key_pipe.write(master)
+        except BrokenPipeError:
+            pass                # the daemon failed already: its report says why
+    with os.fdopen(report_r, "rb") as pipe:
         report = pipe.read().decode(errors="replace")
     code, _, message = report.partition(" ")
     if not code:
@@ -166,8 +180,10 @@ def _leave(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _child(vault, vault_root, mountpoint, log_file, options, wfd) -> int:
-    """The daemon process: never returns into the CLI, reports once through ``wfd``."""
+def _child(locked, vault_root, mountpoint, log_file, options, key_fd, report_fd) -> int:
+    """The daemon process: never returns into the CLI, reports once through
+    ``report_fd``.  Without a key (a wrong secret, an interrupted prompt) it
+    exits quietly: the mount command says why."""
     try:
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
@@ -176,22 +192,28 @@ def _child(vault, vault_root, mountpoint, log_file, options, wfd) -> int:
         os.close(null)
         daemon = _daemon_process(log_file)
         os.chdir("/")
+        master = os.read(key_fd, MASTER_KEY_LEN + 1)      # one write of the key: atomic on a pipe
+        os.close(key_fd)
+        if len(master) != MASTER_KEY_LEN:
+            log.info("the vault was not unlocked: not mounting")
+            return 0
+        vault = locked.unlock_with_key(master)
 
         def ready():
             registry.add(mountpoint, vault_root, os.getpid(), log_file)
-            os.write(wfd, b"0 ok")
-            os.close(wfd)
+            os.write(report_fd, b"0 ok")
+            os.close(report_fd)
         try:
             daemon.run(vault, mountpoint, ready=ready, **options)
         finally:
             registry.remove(mountpoint, os.getpid())
         return 0
     except E2efsError as exc:
-        _report(wfd, f"{exc.exit_code} {exc}")
+        _report(report_fd, f"{exc.exit_code} {exc}")
         return exc.exit_code
     except BaseException as exc:
         logging.getLogger("e2efs").exception("daemon failed")
-        _report(wfd, f"{MountFailed.exit_code} the mount daemon failed: {type(exc).__name__}")
+        _report(report_fd, f"{MountFailed.exit_code} the mount daemon failed: {type(exc).__name__}")
         return MountFailed.exit_code
 
 
