@@ -22,6 +22,7 @@ from ..names import Kind, check_name
 from ..tree import TEMP_PREFIX, Tree
 from .handles import OpenFiles
 from .inodes import InodeTable, Node
+from .mountpoint import vault_read_only
 
 log = logging.getLogger("e2efs")
 
@@ -71,13 +72,6 @@ def _report_corrupt(op: str, exc: CorruptData) -> None:
             _REPORTED.clear()
         _REPORTED[text] = now
         log.error("%s: %s", op, exc)
-
-
-def vault_read_only(root: str) -> bool:
-    try:
-        return bool(os.statvfs(root).f_flag & os.ST_RDONLY) or not os.access(root, os.W_OK)
-    except OSError:
-        return False
 
 
 def _raise_open_file_limit() -> None:
