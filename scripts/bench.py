@@ -1082,12 +1082,27 @@ def machine():
                 mem_gib=round(mem, 1), kernel=platform.release(), python=platform.python_version(), versions=vers)
 
 
+def e2efs_folder() -> str | None:
+    try:
+        return subprocess.run([sys.executable, "-c", "import e2efs, os; print(os.path.dirname(e2efs.__file__))"],
+                              capture_output=True, text=True, timeout=30, cwd="/").stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def compile_e2efs() -> None:
+    """Byte-compile the e2efs under test, as an installed one is: under
+    PYTHONDONTWRITEBYTECODE every e2efs command would compile its modules
+    afresh (~45 ms of every mount)."""
+    where = e2efs_folder()
+    if where:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", where], capture_output=True)
+
+
 def e2efs_source() -> str:
     """Which e2efs code runs: its folder and, in a git checkout, the commit (+dirty)."""
-    try:
-        where = subprocess.run([sys.executable, "-c", "import e2efs, os; print(os.path.dirname(e2efs.__file__))"],
-                               capture_output=True, text=True, timeout=30, cwd="/").stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
+    where = e2efs_folder()
+    if where is None:
         return "?"
     root = os.path.dirname(where)
     rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -1120,6 +1135,7 @@ def main(argv=None) -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_signal)
+    compile_e2efs()
     try:
         bench.setup()
         bench.run()
