@@ -18,7 +18,7 @@ Anything after a valid backing name that a sync client appended (`` (1)``,
 import enum
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
@@ -94,9 +94,9 @@ _BACKING = re.compile(
 _SUFFIX_AFTER_CONFLICT = re.compile(r"(?P<conflict>[ .\-_~(].*)\.(?P<suffix>[a-z2-7]{26}|l|n)", re.DOTALL)
 
 
-@dataclass(frozen=True)
-class BackingName:
-    """A parsed backing name, before its stem is decrypted."""
+class BackingName(NamedTuple):
+    """A parsed backing name, before its stem is decrypted (a tuple: one per
+    directory entry listed)."""
     stem: str
     kind: Kind
     dir_id: bytes | None

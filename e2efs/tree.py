@@ -14,6 +14,7 @@ import stat
 import struct
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .blocks import Layout
 from .content import ContentFile
@@ -39,8 +40,8 @@ class Dir:
     id: bytes
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One name of a listing (a tuple: listings build thousands, ~4x faster than a frozen dataclass)."""
     name: bytes
     backing: str
     kind: Kind
