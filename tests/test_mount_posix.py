@@ -124,6 +124,7 @@ def test_mtime_set_while_open_survives_close(mounted):
         f.write(b"data" * 3000)
         f.flush()
         os.utime(f.fileno(), ns=(7_000_000_000, 8_000_000_000))
+        assert os.stat(path).st_mtime_ns == 8_000_000_000      # kept in memory until close
     assert os.stat(path).st_mtime_ns == 8_000_000_000
     mounted.remount()
     assert os.stat(path).st_mtime_ns == 8_000_000_000

@@ -23,8 +23,8 @@ class OpenFile:
     node: Node
     content: ContentFile
     refs: int = 1
-    # times set explicitly (utimens) after the last write: re-applied after
-    # flushing, which would otherwise move the backing mtime to "now"
+    # times set explicitly (utimens) after the last write: kept here and set
+    # on the backing file after each flush, which would move them to "now"
     times: tuple[int, int] | None = None
 
     @property

@@ -85,6 +85,10 @@ def _raise_open_file_limit() -> None:
         pass
 
 
+def _times(st: os.stat_result) -> tuple[int, int]:
+    return st.st_atime_ns, st.st_mtime_ns
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
@@ -186,6 +190,8 @@ class Operations(pyfuse3.Operations):
         a.st_nlink = st.st_nlink
         a.st_uid, a.st_gid = st.st_uid, st.st_gid
         a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        if of and of.times:
+            a.st_atime_ns, a.st_mtime_ns = of.times
         a.st_blksize = self.tree.layout.block_size
         a.st_blocks = -(-size // 512)
         a.attr_timeout = a.entry_timeout = TIMEOUT
@@ -264,13 +270,13 @@ class Operations(pyfuse3.Operations):
             os.chown(target, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1)
         if fields.update_atime or fields.update_mtime:
-            st = os.stat(target)
-            times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                     attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+            old = of.times if of and of.times else _times(os.stat(target))
+            times = (attr.st_atime_ns if fields.update_atime else old[0],
+                     attr.st_mtime_ns if fields.update_mtime else old[1])
             if of:
-                of.content.flush()      # so later flushes have nothing to write
-                of.times = times
-            os.utime(target, ns=times)
+                of.times = times        # set on the backing file after its last flush
+            else:
+                os.utime(target, ns=times)
         return self._attrs(node)
 
     @_guarded
