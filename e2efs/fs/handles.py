@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..content import ContentFile
 from ..tree import Tree
-from .inodes import InodeTable, Node
+from .inodes import InodeTable, Node, backing_signature
 
 log = logging.getLogger("e2efs")
 
@@ -101,8 +101,7 @@ class OpenFiles:
             return
         try:
             self.commit(of)
-            st = os.fstat(of.fd)
-            of.node.cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            of.node.cache_sig = backing_signature(os.fstat(of.fd))
         except BaseException as exc:
             if of.node.temp is not None:
                 self._abandon(of.node, exc)

@@ -19,6 +19,11 @@ from ..tree import Dir, Entry, Tree
 Link = tuple[int, bytes]            # (parent inode, plaintext name)
 
 
+def backing_signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies a backing file's ciphertext without reading it."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 @dataclass(eq=False)
 class Node:
     ino: int

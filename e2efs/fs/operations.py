@@ -20,8 +20,9 @@ from pyfuse3 import FUSEError
 from ..errors import CorruptData
 from ..names import Kind, check_name
 from ..tree import TEMP_PREFIX, Tree
+from ..vault import fsync_dir
 from .handles import OpenFiles
-from .inodes import InodeTable, Node
+from .inodes import InodeTable, Node, backing_signature
 from .mountpoint import vault_read_only
 
 log = logging.getLogger("e2efs")
@@ -87,10 +88,6 @@ def _raise_open_file_limit() -> None:
 
 def _times(st: os.stat_result) -> tuple[int, int]:
     return st.st_atime_ns, st.st_mtime_ns
-
-
-def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _absent_entry() -> pyfuse3.EntryAttributes:
@@ -475,7 +472,7 @@ class Operations(pyfuse3.Operations):
         # this mount last wrote or read: a sync client's (or an attacker's) change
         # must be read, and authenticated, afresh.
         keep = inode in self.files.files or (
-            node.cache_sig is not None and node.cache_sig == _signature(os.lstat(self.inodes.path(node))))
+            node.cache_sig is not None and node.cache_sig == backing_signature(os.lstat(self.inodes.path(node))))
         of = self.files.open(node)
         if truncate:
             of.content.truncate(0)
@@ -508,11 +505,7 @@ class Operations(pyfuse3.Operations):
         of.content.fsync()
         self.files.commit(of)
         if pending and of.node.links:
-            dfd = os.open(self.inodes.dir(of.node.link[0]).path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.inodes.dir(of.node.link[0]).path)
 
     @_guarded
     def release(self, fh):
