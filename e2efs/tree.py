@@ -28,8 +28,8 @@ from .vault import Vault
 log = logging.getLogger("e2efs")
 
 TEMP_PREFIX = ".e2efs-tmp-"
-MTIME_GRAIN_NS = 50_000_000
-ICLOUD_STUB = ".icloud"     # far coarser than any file system's mtime tick
+MTIME_GRAIN_NS = 50_000_000       # far coarser than any file system's mtime tick
+ICLOUD_STUB = ".icloud"
 MAX_SYMLINK_TARGET = 4095
 _NODE_RECORD = struct.Struct(">IQ")     # file type bits, rdev
 
