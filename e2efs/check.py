@@ -16,6 +16,7 @@ from .errors import CorruptData
 from .names import Kind, SIDE_SUFFIX, BackingName, parse_backing_name
 from .transfer import authenticate_file
 from .tree import TEMP_PREFIX, Dir, Entry, Tree
+from .undo import UNDO_DIR, left_behind
 from .vault import VAULT_BACKUP, VAULT_FILE
 
 LOST_FOUND = b"lost+found"
@@ -30,6 +31,7 @@ BAD_CONTENT = "content"         # header or block fails authentication
 UNREADABLE = "unreadable"       # the OS refused to read it
 ORPHAN_SIDE = "orphan-side"     # long-name record whose entry is gone
 DUP_DIR = "dup-dir"             # one folder created on two devices: two IDs, one name
+UNDO = "undo"                   # undo record of an interrupted in-place write (undo.py)
 
 
 @dataclass
@@ -90,6 +92,11 @@ def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> N
     for fname in fnames:
         path = os.path.join(d.path, fname)
         if d == tree.root and fname in (VAULT_FILE, VAULT_BACKUP):
+            continue
+        if d == tree.root and fname == UNDO_DIR:
+            for record in left_behind(d.path):
+                report.problem(record, "undo record of an interrupted write: its file is rolled back by the "
+                                       "next read-write mount or 'e2efs fsck --repair'", UNDO)
             continue
         if fname.startswith(TEMP_PREFIX) or fname.startswith(f".{VAULT_FILE}.tmp-"):
             report.problem(path, "leftover temporary file from an interrupted write", TEMP, parent=d)

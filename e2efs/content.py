@@ -7,7 +7,9 @@ re-encrypting only the blocks a change touches.  It knows nothing of FUSE.
 Writes are buffered per block: a block is encrypted when it is complete (or
 when ``flush`` is called), so sequential writes of any size encrypt each block
 once.  Between flushes the ciphertext on disk may be torn; a torn file fails
-authentication, it is never read back as data.
+authentication, it is never read back as data.  A file changed in place gets
+an ``undo`` log (undo.py), so a writer killed before the next flush leaves a
+file that can be rolled back to it.
 """
 
 import os
@@ -19,6 +21,7 @@ from .blocks import BLOCK_OVERHEAD, HEADER_LEN, NONCE_LEN, Layout, MIN_BLOCK_SHI
 from .crypto import Keys
 from cryptography.exceptions import InvalidTag
 from .errors import CorruptData
+from .undo import UndoLog
 
 MAGIC = b"E2EF"
 CONTENT_VERSION = 1
@@ -28,6 +31,7 @@ FILE_ID_LEN = 16
 
 CLEAN_CACHE_BLOCKS = 16
 DIRTY_LIMIT_BYTES = 4 << 20
+UNDO_LIMIT_BYTES = 16 << 20     # an in-place rewrite flushes each time it has saved this much
 
 
 class Header:
@@ -126,6 +130,7 @@ class ContentFile:
         self._disk_final: int | None = self._disk_blocks - 1
         self._dirty: dict[int, bytearray] = {}
         self._clean: OrderedDict[int, bytes] = OrderedDict()
+        self.undo: UndoLog | None = None     # set by whoever writes the file in place
 
     @classmethod
     def create(cls, fd: int, keys: Keys, block_size: int, label: str) -> "ContentFile":
@@ -193,6 +198,8 @@ class ContentFile:
         self._pwrite_all(out, self.layout.block_offset(index))
 
     def _pwrite_all(self, view: memoryview, offset: int) -> None:
+        if self.undo is not None:
+            self.undo.save(offset, len(view), self.layout.ciphertext_size(self._flushed_size))
         while view:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
@@ -292,6 +299,8 @@ class ContentFile:
             self._seal_run(run, view, offset)
         if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
             self._seal_all_before(last)
+        if self.undo is not None and self.undo.saved_bytes > UNDO_LIMIT_BYTES:
+            self.flush()
         return len(data)
 
     def truncate(self, size: int) -> None:
@@ -317,18 +326,21 @@ class ContentFile:
     def flush(self) -> None:
         """Write every pending block and leave a complete, authentic file on disk."""
         last = self._last_index()
-        expected = self.layout.ciphertext_size(self._size)
-        if not self._dirty and self._flushed_size == self._size and self._disk_final == last:
-            return
-        self._seal_all_before(last)
-        if last in self._dirty or self._disk_final != last or self._flushed_size != self._size:
-            tail = self._current(last)
-            self._put(last, tail, final=True)    # else it is on disk already
-            self._remember(last, bytes(tail))
-        self._dirty.pop(last, None)
-        os.ftruncate(self.fd, expected)
-        self._disk_blocks, self._disk_final = last + 1, last
-        self._flushed_size = self._size
+        if self._dirty or self._flushed_size != self._size or self._disk_final != last:
+            self._seal_all_before(last)
+            if last in self._dirty or self._disk_final != last or self._flushed_size != self._size:
+                tail = self._current(last)
+                self._put(last, tail, final=True)    # else it is on disk already
+                self._remember(last, bytes(tail))
+            self._dirty.pop(last, None)
+            expected = self.layout.ciphertext_size(self._size)
+            if self.undo is not None:
+                self.undo.done(expected)
+            os.ftruncate(self.fd, expected)
+            self._disk_blocks, self._disk_final = last + 1, last
+            self._flushed_size = self._size
+        if self.undo is not None:
+            self.undo.settled()
 
     def fsync(self) -> None:
         self.flush()

@@ -30,7 +30,7 @@ import signal
 import stat
 from dataclasses import dataclass, field
 
-from . import crypto
+from . import crypto, undo
 from .blocks import HEADER_LEN
 from .content import ContentFile, Header
 from .crypto import Keys
@@ -188,6 +188,7 @@ def rekey(vault: Vault, make_slots, progress=None, announce=None) -> Result:
     switch cannot lose a key nobody has seen).  ``make_slots=None`` stops before
     the switch (tests)."""
     check_not_mounted(vault.root, "rekey")
+    undo.recover(vault.root)        # a half-written file would be re-encrypted half-written
     new_master, resumed = begin(vault)
     stats = Stats()
     keys = TwoKeys(vault.keys, Keys(new_master), vault.block_size)

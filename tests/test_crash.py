@@ -247,3 +247,51 @@ def test_sigkill_during_workload(vault_mount, tmp_path, workload):
     for _ in range(2 if workload != "sqlite" else 3):
         crash_round(m, workload, rng, str(tmp_path))
     m.unmount()
+
+
+def _write_back(fd: int) -> None:
+    """Hand the kernel's dirty pages of ``fd`` to the daemon now, without an fsync
+    (so the daemon writes blocks in place but never reaches its flush)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    if libc.sync_file_range(fd, 0, 0, 1 | 2 | 4) != 0:      # WAIT_BEFORE | WRITE | WAIT_AFTER
+        raise OSError(ctypes.get_errno(), "sync_file_range")
+
+
+def test_kill_between_in_place_writes_rolls_back_to_the_last_flush(vault_mount):
+    """The window in-place writes used to leave open: a block rewritten in place and a
+    short final block resealed as full and non-final, then the daemon is killed before
+    its flush.  The file on disk fails authentication; the next mount applies the undo
+    record and the file reads exactly as it was at its last flush."""
+    from e2efs import undo
+    from e2efs.errors import CorruptData
+    from e2efs.transfer import authenticate_file
+    m = vault_mount
+    m.mount()
+    old = os.urandom(10 * 4096 + 100)
+    with open(m.p("chat.db"), "wb") as f:
+        f.write(old)
+    fd = os.open(m.p("chat.db"), os.O_RDWR)
+    try:
+        os.pwrite(fd, b"p" * 4096, 2 * 4096)             # a whole block, rewritten in place
+        os.pwrite(fd, b"g" * 8000, len(old) - 50)        # fills the short final block, grows the file
+        _write_back(fd)
+        _kill_daemon(m)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    assert undo.left_behind(m.vault), "no undo record was left by the killed daemon"
+    tree = _tree(m)
+    entry = tree.lookup(tree.root, b"chat.db")
+    with pytest.raises(CorruptData):
+        authenticate_file(tree, tree.path(tree.root, entry))
+    m.mount()
+    with open(m.p("chat.db"), "rb") as f:
+        assert f.read() == old
+    assert "chat.db" not in m.log_text() and "rolled back an interrupted write" in m.log_text()
+    assert not undo.left_behind(m.vault)
+    _verify_vault(m)
+    m.unmount()

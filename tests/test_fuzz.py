@@ -260,3 +260,37 @@ def test_directory_listing_of_random_names(tmp_path_factory, fnames):
         except OSError:
             continue
     tree.entries(tree.root)
+
+
+# -- undo records -------------------------------------------------------------------
+
+def _undo_target(root) -> tuple[str, bytes]:
+    from vaultutil import new_content
+    path = os.path.join(root, "target")
+    f = new_content(path, KEYS)
+    f.write(0, b"t" * 9000)
+    f.flush()
+    os.close(f.fd)
+    with open(path, "rb") as t:
+        return path, t.read()
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.booleans())
+def test_undo_record_random_bytes(tmp_path_factory, raw, valid_head):
+    """A record is applied only if it parses whole and names a file of the vault with
+    its file ID; nothing else is written, and recover never raises."""
+    from e2efs import undo
+    root = str(tmp_path_factory.mktemp("undo"))
+    path, before = _undo_target(root)
+    if valid_head:      # a well-formed header naming the real file: then random records
+        rel = b"target"
+        raw = undo._HEAD.pack(undo.MAGIC, undo.VERSION, before[8:24], len(before), 0, len(rel)) + rel + raw
+    os.makedirs(os.path.join(root, undo.UNDO_DIR))
+    with open(os.path.join(root, undo.UNDO_DIR, "r"), "wb") as f:
+        f.write(raw)
+    undo.recover(root)
+    assert os.listdir(os.path.join(root, undo.UNDO_DIR)) == []
+    with open(path, "rb") as t:
+        after = t.read()
+    assert len(after) <= len(before)       # never grown, never written past its recorded size

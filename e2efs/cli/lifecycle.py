@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from .. import crypto
+from .. import crypto, undo
 from ..errors import DestinationNotEmpty, IOFailure, NotConfirmed, SecretInputError, UsageError
 from ..rekey import check_not_mounted, half_finished, rekey
 from ..strength import check_password
@@ -154,6 +154,7 @@ def cmd_disable(args) -> int:
     for warning in vault.warnings:
         print(f"e2efs: warning: {warning}", file=sys.stderr)
     _confirm(args, root, dest)
+    undo.recover(root)              # what a killed mount left half-written, rolled back first
     tree = Tree(vault)
     started = time.monotonic()
     total = folder_bytes(root)

@@ -6,7 +6,7 @@ import stat
 import sys
 import time
 
-from .. import crypto
+from .. import crypto, undo
 from ..check import check
 from ..errors import (CorruptData, DestinationNotEmpty, IOFailure, NotFoundInVault, UsageError,
                       VaultNotFound)
@@ -96,9 +96,10 @@ def cmd_info(args) -> int:
 
 # -- unlocking for the reading commands --------------------------------------
 
-def open_tree(args) -> Tree:
+def open_tree(args, recover: bool = True) -> Tree:
     """Unlock the vault named by ``args.vault``; with --key-file this works even
-    when both vault files are lost (the key is K itself)."""
+    when both vault files are lost (the key is K itself).  Like a mount, it first
+    rolls back writes a killed mount left half-done (unless ``recover`` is False)."""
     try:
         vault = unlock(args, args.vault)
     except VaultNotFound:
@@ -106,9 +107,18 @@ def open_tree(args) -> Tree:
             raise
         master = crypto.parse_recovery_key(read_secret_file(args.key_file, "key").decode("ascii", "replace"))
         vault = open_with_key_only(args.vault, master)
-    if not getattr(args, "quiet", False):
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
         for warning in vault.warnings:
             print(f"e2efs: warning: {warning}", file=sys.stderr)
+    if recover:
+        try:
+            for line in undo.recover(args.vault):
+                if not quiet:
+                    print(f"e2efs: {line}", file=sys.stderr)
+        except OSError as exc:
+            print(f"e2efs: warning: an interrupted write could not be rolled back ({exc.strerror}): "
+                  "its file fails authentication until it is", file=sys.stderr)
     return Tree(vault)
 
 
@@ -220,15 +230,17 @@ def cmd_fsck(args) -> int:
         raise UsageError("--truncate only makes sense with --repair")
     if args.repair:
         refuse_if_mounted(args.vault)
-    tree = open_tree(args)
+    tree = open_tree(args, recover=False)
     started = time.monotonic()
+    actions, left = [], []
+    if args.repair:     # first, so a rolled-back file is not taken for a damaged one
+        actions = [f"undo record applied: {line}" for line in undo.recover(args.vault)]
     with Progress("fsck", folder_bytes(args.vault), args.quiet or args.json) as progress:
         report = check(tree, progress)
-    actions, left = [], []
     if args.repair:
         done = repair(tree, report, truncate=args.truncate)
-        actions, left = done.actions, done.left
-        tree = open_tree(args)          # what is there now: a fresh look, vault file included
+        actions, left = actions + done.actions, done.left
+        tree = open_tree(args, recover=False)   # what is there now: a fresh look, vault file included
         report = check(tree)
     problems = [("vault file", w) for w in tree.vault.warnings] + report.problems
     if args.json:

@@ -4,7 +4,8 @@ Sharing one object means two processes on one file see one size, one set of
 buffered blocks, and each block is encrypted once.  The file handle FUSE gets
 is the inode number.  A file that is new or was opened with O_TRUNC lives in a
 temporary file until ``commit`` renames it into place (close, fsync,
-rename, link), so a crash mid-write leaves the previous version intact.
+rename, link), so a crash mid-write leaves the previous version intact; once
+in place, its changes are covered by an undo log until each flush.
 """
 
 import logging
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from ..content import ContentFile
 from ..tree import Tree
+from ..undo import UndoLog
 from .inodes import InodeTable, Node, backing_signature
 
 log = logging.getLogger("e2efs")
@@ -50,7 +52,7 @@ class OpenFiles:
         # read-write even for O_WRONLY/O_RDONLY: the writeback cache reads
         # partial pages of write-only files
         content = self.tree.open_content(self.inodes.path(node), writable=not self.read_only)
-        of = self.files[node.ino] = OpenFile(node, content)
+        of = self.files[node.ino] = self._opened(node, content)
         return of
 
     def open_new(self, node: Node, parent: int, mode: int, owner: tuple[int, int] | None) -> OpenFile:
@@ -67,8 +69,28 @@ class OpenFiles:
             raise
         node.temp = (parent, os.path.basename(temp))
         self.inodes.set_backing(node, os.fstat(fd).st_ino)
-        of = self.files[node.ino] = OpenFile(node, content)
+        of = self.files[node.ino] = self._opened(node, content)
         return of
+
+    def _opened(self, node: Node, content: ContentFile) -> OpenFile:
+        if not self.read_only:
+            content.undo = UndoLog(self.tree.root.path, content.fd, content.header.file_id,
+                                   content.layout, lambda: self._in_place_path(node))
+        return OpenFile(node, content)
+
+    def _in_place_path(self, node: Node) -> str | None:
+        """Where an undo record finds the file: None while it is a temp file (the
+        rename commits it whole) or once it has no name left."""
+        if node.temp is not None or not any(node.links.values()):
+            return None
+        return self.inodes.path(node)
+
+    def settle(self) -> None:
+        """Flush every file that has an undo round open: a record names its file by
+        path, so none may span a rename of the file or of a folder above it."""
+        for of in self.files.values():
+            if of.content.undo is not None and of.content.undo.active:
+                self.flush(of)
 
     def flush(self, of: OpenFile) -> None:
         of.content.flush()
@@ -99,15 +121,19 @@ class OpenFiles:
         of.refs -= 1
         if of.refs:
             return
+        failed = True
         try:
             self.commit(of)
             of.node.cache_sig = backing_signature(os.fstat(of.fd))
+            failed = False
         except BaseException as exc:
             if of.node.temp is not None:
                 self._abandon(of.node, exc)
             raise
         finally:
             del self.files[ino]
+            if of.content.undo is not None:
+                of.content.undo.close(keep=failed)     # an unfinished flush: the next mount rolls it back
             os.close(of.fd)
 
     def _abandon(self, node: Node, why: BaseException) -> None:

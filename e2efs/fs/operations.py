@@ -17,6 +17,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from .. import undo
 from ..errors import CorruptData
 from ..names import Kind, check_name
 from ..tree import TEMP_PREFIX, Tree
@@ -86,6 +87,17 @@ def _raise_open_file_limit() -> None:
         pass
 
 
+def _recover_interrupted_writes(vault_root: str, read_only: bool) -> None:
+    """Roll back what a killed daemon left half-written, before anything is read."""
+    if read_only:
+        for path in undo.left_behind(vault_root):
+            log.warning("%s: an interrupted write is pending: its file fails authentication until a "
+                        "read-write mount or 'e2efs fsck --repair' rolls it back", path)
+        return
+    for line in undo.recover(vault_root):
+        log.warning("%s", line)
+
+
 def _times(st: os.stat_result) -> tuple[int, int]:
     return st.st_atime_ns, st.st_mtime_ns
 
@@ -116,6 +128,7 @@ class Operations(pyfuse3.Operations):
         if not read_only and vault_read_only(tree.root.path):
             log.warning("the vault folder %s is read-only: mounting read-only", tree.root.path)
             read_only = True
+        _recover_interrupted_writes(tree.root.path, read_only)
         self._gone_reported = False
         _raise_open_file_limit()
         self.read_only = read_only
@@ -425,6 +438,7 @@ class Operations(pyfuse3.Operations):
             if target.kind is Kind.DIR:
                 self._remove_stray_temps(target.ino, self.inodes.dir(target.ino))
         self._commit_pending(node)
+        self.files.settle()
         old_link, new_link = (parent_inode_old, name_old), (parent_inode_new, name_new)
         if target is not None and target.links[new_link] is None:
             self._forget_target(target, new_link)   # an uncommitted new file: nothing on disk

@@ -1,0 +1,279 @@
+"""Undo records (undo.py): an in-place change killed at any write is rolled back whole.
+
+A forked writer applies a change to a real ciphertext file and dies (``os._exit``)
+at its N-th pwrite or ftruncate, after writing only half of that pwrite; then
+``recover`` runs and the file must read back as exactly the old or the new
+plaintext, for every N.  Without the undo log the same kills leave files that
+fail authentication, which shows the kills reach the windows that matter.
+"""
+
+import os
+import random
+import struct
+
+import pytest
+
+from e2efs import undo
+from e2efs.content import ContentFile
+from e2efs.crypto import Keys
+from e2efs.errors import CorruptData
+from e2efs.undo import UNDO_DIR, UndoLog
+
+from vaultutil import FIXED_K, SMALL_BLOCK, new_content, open_content
+
+KEYS = Keys(FIXED_K)
+BS = SMALL_BLOCK
+FINISHED = 7
+
+
+def _old_file(path, size: int) -> bytes:
+    data = random.Random(size).randbytes(size)
+    f = new_content(path, KEYS)
+    f.write(0, data)
+    f.flush()
+    os.close(f.fd)
+    return data
+
+
+def _with_undo(root, path) -> ContentFile:
+    f = open_content(path, KEYS)
+    f.undo = UndoLog(str(root), f.fd, f.header.file_id, f.layout, lambda: str(path))
+    return f
+
+
+CHANGES = {
+    # SQLite-like: pages in several blocks, one of them the old final block, and growth
+    "pages": (5 * BS + 100, [("w", BS + 10, 300), ("w", 3 * BS, 4096), ("w", 5 * BS + 50, BS)]),
+    # growth from a short final block (resealed as non-final), then a partial overwrite
+    "append": (2 * BS + 7, [("w", 2 * BS + 7, 3 * BS), ("w", 10, 20)]),
+    # a shrink in the middle of a block
+    "shrink": (6 * BS + 5, [("w", 100, 50), ("t", 2 * BS + 999)]),
+    # full-block overwrites, sealed while writing (before any flush)
+    "rewrite": (8 * BS, [("w", 0, 7 * BS), ("w", 7 * BS + 1, 10)]),
+}
+
+
+def _apply(f: ContentFile, model: bytearray, ops) -> None:
+    for op in ops:
+        if op[0] == "w":
+            _, off, n = op
+            data = random.Random(off * 31 + n).randbytes(n)
+            f.write(off, data)
+            model[len(model):off + n] = bytes(max(0, off + n - len(model)))
+            model[off:off + n] = data
+        else:
+            f.truncate(op[1])
+            del model[op[1]:]
+    f.flush()
+
+
+def _killed_writer(root, path, ops, crash_at: int, use_undo: bool) -> int:
+    """Fork a writer that dies at its ``crash_at``-th write call; its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            calls = [0]
+            real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
+
+            def pwrite(fd, data, offset):
+                calls[0] += 1
+                if calls[0] == crash_at:
+                    real_pwrite(fd, bytes(data)[:max(1, len(data) // 2)], offset)
+                    os._exit(0)
+                return real_pwrite(fd, data, offset)
+
+            def ftruncate(fd, size):
+                calls[0] += 1
+                if calls[0] == crash_at:
+                    os._exit(0)
+                return real_ftruncate(fd, size)
+
+            f = _with_undo(root, path) if use_undo else open_content(path, KEYS)
+            os.pwrite, os.ftruncate = pwrite, ftruncate
+            _apply(f, bytearray(), ops)
+            os._exit(FINISHED)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _read(path) -> bytes | None:
+    try:
+        f = open_content(path, KEYS)
+    except CorruptData:
+        return None
+    try:
+        return f.read(0, f.size)
+    except CorruptData:
+        return None
+    finally:
+        os.close(f.fd)
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_kill_at_every_write_leaves_old_or_new(tmp_path, change):
+    size, ops = CHANGES[change]
+    path = tmp_path / "f"
+    old = _old_file(path, size)
+    new = bytearray(old)
+    model_file = tmp_path / "model"
+    _old_file(model_file, size)
+    f = open_content(model_file, KEYS)
+    _apply(f, new, ops)
+    os.close(f.fd)
+    outcomes = set()
+    for crash_at in range(1, 200):
+        _old_file(path, size)
+        status = _killed_writer(tmp_path, path, ops, crash_at, use_undo=True)
+        assert status in (0, FINISHED), f"writer failed at call {crash_at}"
+        for line in undo.recover(str(tmp_path)):
+            outcomes.add(line.split(": ", 1)[1].split()[0])       # "rolled" or "finished"
+        got = _read(path)
+        assert got in (old, bytes(new)), f"{change}: kill at write {crash_at} left neither version"
+        outcomes.add("old" if got == old else "new")
+        assert not undo.left_behind(str(tmp_path))
+        if status == FINISHED:
+            break
+    else:
+        pytest.fail("the writer never finished")
+    # both versions were seen, and both kinds of recovery: a roll-back, and a
+    # finished cut when the kill fell between the last block and the ftruncate
+    assert outcomes == {"old", "new", "rolled", "finished"}
+
+
+def test_without_undo_the_same_kills_corrupt(tmp_path):
+    """The control: the kills above do reach states that fail authentication."""
+    size, ops = CHANGES["pages"]
+    path = tmp_path / "f"
+    corrupt = 0
+    for crash_at in range(1, 40):
+        _old_file(path, size)
+        if _killed_writer(tmp_path, path, ops, crash_at, use_undo=False) == FINISHED:
+            break
+        corrupt += _read(path) is None
+    assert corrupt
+
+
+def test_flush_empties_the_record_and_close_removes_it(tmp_path):
+    path = tmp_path / "f"
+    _old_file(path, 3 * BS)
+    f = _with_undo(tmp_path, path)
+    f.write(BS, b"x" * BS)
+    record = f.undo.path
+    assert os.path.dirname(record) == str(tmp_path / UNDO_DIR)
+    assert os.path.getsize(record) > BS                 # the old block is saved before the overwrite
+    f.flush()
+    assert os.path.getsize(record) == 0
+    assert undo.recover(str(tmp_path)) == []            # locked: a live writer's record is never applied
+    f.undo.close()
+    os.close(f.fd)
+    assert os.listdir(tmp_path / UNDO_DIR) == []
+
+
+def _stale_record(tmp_path, path, edit=None) -> str:
+    """A record left by a writer that wrote one block in place and died."""
+    f = _with_undo(tmp_path, path)
+    f.write(0, b"n" * BS)
+    f.write(BS, b"m" * 10)
+    record = f.undo.path
+    os.close(f.undo.fd)             # the writer is gone: its lock with it
+    os.close(f.fd)
+    if edit:
+        with open(record, "r+b") as r:
+            edit(r)
+    return record
+
+
+def test_record_for_another_file_is_dropped(tmp_path):
+    path = tmp_path / "f"
+    _old_file(path, 2 * BS)
+    record = _stale_record(tmp_path, path)
+    damaged = open(path, "rb").read()
+    _old_file(path, 2 * BS)             # a new file under the same name: another file ID
+    replaced = open(path, "rb").read()
+    assert damaged != replaced
+    assert undo.recover(str(tmp_path)) == []
+    assert open(path, "rb").read() == replaced and not os.path.exists(record)
+
+
+def test_tampered_record_is_refused_and_touches_nothing(tmp_path):
+    path = tmp_path / "f"
+    old = _old_file(path, 2 * BS)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(b"E2EF0000" + b"x" * 100)
+
+    def escape(r):          # point the record at a file outside the vault
+        r.seek(struct.calcsize(">4sB3x16sQQ"))
+        rel = os.path.relpath(outside, tmp_path).encode()
+        rest = r.read()[2:]
+        r.seek(struct.calcsize(">4sB3x16sQQ"))
+        r.write(struct.pack(">H", len(rel)) + rel + rest)
+        r.truncate()
+    _stale_record(tmp_path, path, escape)
+    before = open(path, "rb").read()
+    lines = undo.recover(str(tmp_path))
+    assert len(lines) == 1 and "ignored and removed: invalid file path" in lines[0]
+    assert open(path, "rb").read() == before and outside.read_bytes() == b"E2EF0000" + b"x" * 100
+
+
+def test_record_torn_at_its_end_is_applied_up_to_it(tmp_path):
+    path = tmp_path / "f"
+    old = _old_file(path, 3 * BS)
+    f = _with_undo(tmp_path, path)
+    f.write(0, b"a" * BS)               # block 0 sealed in place (its old copy saved)
+    record = f.undo.path
+    whole = os.path.getsize(record)
+    os.close(f.undo.fd)
+    os.close(f.fd)
+    with open(record, "ab") as r:       # a second record torn by the kill before its overwrite
+        r.write(struct.pack(">QI", 24 + 4124, 4124) + b"z" * 100)
+    assert os.path.getsize(record) > whole
+    assert len(undo.recover(str(tmp_path))) == 1
+    assert _read(path) == old
+
+
+def _half_written_vault(tmp_path):
+    """A vault whose file ``a.bin`` a killed writer left with one block rewritten in place."""
+    from cli import init_vault, run
+    from e2efs.tree import Tree
+    from e2efs.vault import Vault
+    vault, pw, _ = init_vault(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    original = os.urandom(200_000)
+    (src / "a.bin").write_bytes(original)
+    run("import", src, vault, "--password-file", pw, "--quiet")
+    tree = Tree(Vault.locked(str(vault)).unlock_with_password(pw.read_bytes().strip()))
+    path = tree.path(*tree.resolve(b"a.bin"))
+    f = tree.open_content(path, writable=True)
+    f.undo = UndoLog(str(vault), f.fd, f.header.file_id, f.layout, lambda: path)
+    f.write(0, b"x" * f.layout.block_size)          # sealed in place at once
+    os.close(f.undo.fd)
+    os.close(f.fd)
+    return vault, pw, original
+
+
+def test_fsck_reports_the_record_and_repair_rolls_back(tmp_path):
+    from cli import run
+    from e2efs.errors import CorruptData as Corrupt
+    vault, pw, original = _half_written_vault(tmp_path)
+    fsck = run("fsck", vault, "--password-file", pw, check=False)
+    assert fsck.returncode == Corrupt.exit_code
+    assert "undo record of an interrupted write" in fsck.stdout
+    repair = run("fsck", "--repair", vault, "--password-file", pw)
+    assert "REPAIRED undo record applied" in repair.stdout and "rolled back" in repair.stdout
+    out = subprocess_cat(vault, pw)
+    assert out == original
+
+
+def test_offline_commands_roll_back_first(tmp_path):
+    vault, pw, original = _half_written_vault(tmp_path)
+    assert subprocess_cat(vault, pw) == original
+    assert not undo.left_behind(str(vault))
+
+
+def subprocess_cat(vault, pw) -> bytes:
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "e2efs", "cat", str(vault), "a.bin", "--password-file", str(pw)],
+                          capture_output=True, check=True).stdout
