@@ -124,6 +124,37 @@ def content_vectors(keys: Keys) -> list[str]:
     return out
 
 
+def undo_vector(keys: Keys) -> str:
+    """The record the real UndoLog writes before block 0 of content-small is overwritten."""
+    import os
+    import tempfile
+    from e2efs.undo import UndoLog
+    names = NameCipher(keys.names)         # the file of name-unicode-in-subdir, in name-dir
+    target_rel = (names.backing_name(ROOT_DIR_ID, b"Media", Kind.DIR, DIR_ID)[0] + "/"
+                  + names.backing_name(DIR_ID, "Fotos 2026 – Ünïcødé 😀.jpg".encode(), Kind.FILE, None)[0])
+    header = Header(FILE_ID, BLOCK_SIZE)
+    plain = b"hello, e2efs\n"
+    with fixed_random(nonce(0)):
+        data = header.raw + FileCipher(keys, header).seal(0, plain, True)
+    with tempfile.TemporaryDirectory() as root:
+        target = os.path.join(root, target_rel)
+        os.makedirs(os.path.dirname(target))
+        with open(target, "wb") as f:
+            f.write(data)
+        fd = os.open(target, os.O_RDWR)
+        log = UndoLog(root, fd, FILE_ID, header.layout, lambda: target)
+        log.save(header.layout.block_offset(0), len(data) - 24, len(data))
+        with open(log.path, "rb") as f:
+            record = f.read()
+        log.close()
+        os.close(fd)
+    return block("undo-record", [
+        ("target", target_rel), ("file_id", FILE_ID.hex()), ("target_ciphertext", data.hex()),
+        ("record", record.hex()),
+    ])
+
+
+
 def vault_vector(keys: Keys) -> str:
     with fixed_random(SALT, SLOT_NONCE):
         slot = PasswordSlot.wrap(MASTER, PASSWORD, KDF)
@@ -143,7 +174,8 @@ def vault_vector(keys: Keys) -> str:
 
 def render() -> str:
     keys = Keys(MASTER)
-    parts = [keys_vector(keys), *name_vectors(keys), *content_vectors(keys), vault_vector(keys)]
+    parts = [keys_vector(keys), *name_vectors(keys), *content_vectors(keys), undo_vector(keys),
+             vault_vector(keys)]
     return "\n".join(parts)
 
 

@@ -115,7 +115,7 @@ def content_plaintext(v: dict) -> bytes:
 # -- the checks -----------------------------------------------------------------
 
 def test_every_kind_of_vector_is_present():
-    assert {"keys", "vault", "content-empty", "content-small", "content-two-blocks",
+    assert {"keys", "vault", "content-empty", "content-small", "content-two-blocks", "undo-record",
             "name-long", "name-dir"} <= set(V)
 
 
@@ -236,3 +236,52 @@ def test_vault():
     assert vf.slots[0].unwrap(password) == k
     assert isinstance(vf.slots[0], PasswordSlot)
     assert not VaultFile.parse(json.dumps(dict(doc, block_size=4096)).encode(), "x").authentic(Keys(k))
+
+
+def spec_apply_undo(record: bytes, file: bytearray, file_id: bytes) -> bool:
+    """Apply an undo record to ``file`` as FORMAT.md says; False if it must be ignored."""
+    if len(record) < 42:
+        return False
+    magic, version, reserved, fid, base, done, plen = struct.unpack(">4sB3s16sQQH", record[:42])
+    if len(record) < 42 + plen or magic != b"E2EU" or version != 1 or base < 24 or (done and done < 24):
+        return False
+    if fid != file_id or bytes(file[8:24]) != fid:
+        return False
+    ranges, at = [], 42 + plen
+    while at + 12 <= len(record):
+        offset, length = struct.unpack(">QI", record[at:at + 12])
+        data = record[at + 12:at + 12 + length]
+        if len(data) < length:
+            break
+        if offset < 24 or offset + length > base:
+            return False
+        ranges.append((offset, data))
+        at += 12 + length
+    if done:
+        del file[done:]
+        return True
+    for offset, data in ranges:
+        file[offset:offset + len(data)] = data
+    del file[base:]
+    return True
+
+
+def test_undo_record(tmp_path):
+    v = V["undo-record"]
+    original, record = h("undo-record", "target_ciphertext"), h("undo-record", "record")
+    assert original == h("content-small", "ciphertext")
+    damaged = bytearray(original)
+    damaged[30:40] = b"\xff" * 10                # the interrupted rewrite of block 0...
+    damaged += b"\x00" * 5000                    # ...and of the blocks it appended
+    spec = bytearray(damaged)
+    assert spec_apply_undo(record, spec, h("undo-record", "file_id")) and spec == original
+    # e2efs applies the documented record the same way
+    from e2efs import undo
+    target = tmp_path / v["target"]
+    target.parent.mkdir(parents=True)
+    target.write_bytes(damaged)
+    (tmp_path / undo.UNDO_DIR).mkdir()
+    (tmp_path / undo.UNDO_DIR / "0123456789abcdef").write_bytes(record)
+    assert len(undo.recover(str(tmp_path))) == 1
+    assert target.read_bytes() == original
+    assert os.listdir(tmp_path / undo.UNDO_DIR) == []
