@@ -20,6 +20,7 @@ loss: nothing here is fsync'd before the overwrite (as in gocryptfs, a power
 cut during an in-place write can still leave a block that fails authentication).
 """
 
+import errno
 import fcntl
 import os
 import struct
@@ -80,7 +81,7 @@ class UndoLog:
                 j += 1
             lo = HEADER_LEN + i * self.stride
             hi = min(HEADER_LEN + j * self.stride, self.base)
-            self._append(lo, os.pread(self.target_fd, hi - lo, lo))
+            self._append(lo, hi - lo)
             self.saved.update(range(i, j))
             i = j
 
@@ -111,7 +112,8 @@ class UndoLog:
         target = self.where()
         if target is None:
             return False
-        rel = os.path.relpath(target, self.vault_root).encode()
+        rel = (target[len(self.vault_root) + 1:] if target.startswith(self.vault_root + "/")
+               else os.path.relpath(target, self.vault_root)).encode()
         if self.fd is None:
             self.fd, self.path = _new_record_file(self.vault_root)
         head = _HEAD.pack(MAGIC, VERSION, self.file_id, base, 0, len(rel)) + rel
@@ -119,11 +121,13 @@ class UndoLog:
         self.base, self.end, self.active = base, len(head), True
         return True
 
-    def _append(self, offset: int, data: bytes) -> None:
-        """A record is complete before the overwrite it protects starts; a torn one
-        (ENOSPC, a kill) is at the end and is written over by the next."""
-        _pwrite_all(self.fd, _RECORD.pack(offset, len(data)) + data, self.end)
-        self.end += _RECORD.size + len(data)
+    def _append(self, offset: int, length: int) -> None:
+        """Save the file's bytes [offset, offset+length).  A record is complete before
+        the overwrite it protects starts; a torn one (ENOSPC, a kill) is at the end
+        and is written over by the next."""
+        _pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
+        _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
+        self.end += _RECORD.size + length
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -131,6 +135,23 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+def _copy(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
+    """Copy inside the kernel (copy_file_range: no trip through Python's memory,
+    a reflink where the file system has them); pread/pwrite where it is refused."""
+    while length:
+        try:
+            n = os.copy_file_range(src, dst, length, src_offset, dst_offset)
+        except OSError:
+            n = 0
+        if n == 0:
+            data = os.pread(src, length, src_offset)
+            if len(data) < length:
+                raise OSError(errno.EIO, "file shorter than its recorded size")
+            _pwrite_all(dst, data, dst_offset)
+            return
+        src_offset, dst_offset, length = src_offset + n, dst_offset + n, length - n
 
 
 def _new_record_file(vault_root: str) -> tuple[int, str]:
