@@ -45,9 +45,10 @@ class UndoLog:
     (flush) the file before renaming it or a folder above it.
     """
 
-    def __init__(self, vault_root: str, fd: int, file_id: bytes, layout: Layout,
+    def __init__(self, records: "RecordFiles", fd: int, file_id: bytes, layout: Layout,
                  where: Callable[[], str | None]):
-        self.vault_root = vault_root
+        self.records = records
+        self.vault_root = records.vault_root
         self.target_fd = fd
         self.file_id = file_id
         self.stride = layout.stride
@@ -100,11 +101,14 @@ class UndoLog:
 
     def close(self, keep: bool = False) -> None:
         """Done with the file; ``keep`` leaves an unfinished round for ``recover``."""
-        if self.fd is not None:
-            if not (keep and self.active):
-                os.unlink(self.path)
+        if self.fd is None:
+            return
+        if keep and self.active:
             os.close(self.fd)
-            self.fd = self.path = None
+        else:
+            self.settled()
+            self.records.give(self.fd, self.path)
+        self.fd = self.path = None
 
     # -- internals ----------------------------------------------------------
 
@@ -115,7 +119,7 @@ class UndoLog:
         rel = (target[len(self.vault_root) + 1:] if target.startswith(self.vault_root + "/")
                else os.path.relpath(target, self.vault_root)).encode()
         if self.fd is None:
-            self.fd, self.path = _new_record_file(self.vault_root)
+            self.fd, self.path = self.records.take()
         head = _HEAD.pack(MAGIC, VERSION, self.file_id, base, 0, len(rel)) + rel
         _pwrite_all(self.fd, head, 0)
         self.base, self.end, self.active = base, len(head), True
@@ -154,11 +158,45 @@ def _copy(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> 
         src_offset, dst_offset, length = src_offset + n, dst_offset + n, length - n
 
 
+class RecordFiles:
+    """The empty, locked record files of one vault, kept for reuse: an SQLite
+    journal is created, changed in place and deleted in every transaction, and
+    a record file each time cost a create, a rename and an unlink."""
+
+    SPARE = 8
+
+    def __init__(self, vault_root: str):
+        self.vault_root = vault_root
+        self._spare: list[tuple[int, str]] = []
+
+    def take(self) -> tuple[int, str]:
+        return self._spare.pop() if self._spare else _new_record_file(self.vault_root)
+
+    def give(self, fd: int, path: str) -> None:
+        """Take back an empty record file."""
+        if len(self._spare) < self.SPARE:
+            self._spare.append((fd, path))
+        else:
+            _remove(fd, path)
+
+    def close(self) -> None:
+        while self._spare:
+            _remove(*self._spare.pop())
+
+
+def _remove(fd: int, path: str) -> None:
+    os.unlink(path)
+    os.close(fd)
+
+
 def _new_record_file(vault_root: str) -> tuple[int, str]:
     """Create and lock a record file; it only gets its final name once locked,
     so ``recover`` never takes a live record for a dead one."""
     folder = os.path.join(vault_root, UNDO_DIR)
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
     name = os.urandom(8).hex()
     temp = os.path.join(folder, "." + name)
     fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -128,7 +128,7 @@ def undo_vector(keys: Keys) -> str:
     """The record the real UndoLog writes before block 0 of content-small is overwritten."""
     import os
     import tempfile
-    from e2efs.undo import UndoLog
+    from e2efs.undo import RecordFiles, UndoLog
     names = NameCipher(keys.names)         # the file of name-unicode-in-subdir, in name-dir
     target_rel = (names.backing_name(ROOT_DIR_ID, b"Media", Kind.DIR, DIR_ID)[0] + "/"
                   + names.backing_name(DIR_ID, "Fotos 2026 – Ünïcødé 😀.jpg".encode(), Kind.FILE, None)[0])
@@ -142,11 +142,12 @@ def undo_vector(keys: Keys) -> str:
         with open(target, "wb") as f:
             f.write(data)
         fd = os.open(target, os.O_RDWR)
-        log = UndoLog(root, fd, FILE_ID, header.layout, lambda: target)
+        log = UndoLog(RecordFiles(root), fd, FILE_ID, header.layout, lambda: target)
         log.save(header.layout.block_offset(0), len(data) - 24, len(data))
         with open(log.path, "rb") as f:
             record = f.read()
         log.close()
+        log.records.close()
         os.close(fd)
     return block("undo-record", [
         ("target", target_rel), ("file_id", FILE_ID.hex()), ("target_ciphertext", data.hex()),

@@ -294,4 +294,7 @@ def test_kill_between_in_place_writes_rolls_back_to_the_last_flush(vault_mount):
     assert "chat.db" not in m.log_text() and "rolled back an interrupted write" in m.log_text()
     assert not undo.left_behind(m.vault)
     _verify_vault(m)
+    with open(m.p("chat.db"), "r+b") as f:     # in place again: a record file is taken, and kept for reuse
+        f.write(b"again")
     m.unmount()
+    assert os.listdir(os.path.join(m.vault, undo.UNDO_DIR)) == [], "unmount left record files behind"

@@ -17,7 +17,7 @@ from e2efs import undo
 from e2efs.content import ContentFile
 from e2efs.crypto import Keys
 from e2efs.errors import CorruptData
-from e2efs.undo import UNDO_DIR, UndoLog
+from e2efs.undo import UNDO_DIR, RecordFiles, UndoLog
 
 from vaultutil import FIXED_K, SMALL_BLOCK, new_content, open_content
 
@@ -37,7 +37,7 @@ def _old_file(path, size: int) -> bytes:
 
 def _with_undo(root, path) -> ContentFile:
     f = open_content(path, KEYS)
-    f.undo = UndoLog(str(root), f.fd, f.header.file_id, f.layout, lambda: str(path))
+    f.undo = UndoLog(RecordFiles(str(root)), f.fd, f.header.file_id, f.layout, lambda: str(path))
     return f
 
 
@@ -154,7 +154,7 @@ def test_without_undo_the_same_kills_corrupt(tmp_path):
     assert corrupt
 
 
-def test_flush_empties_the_record_and_close_removes_it(tmp_path):
+def test_flush_empties_the_record_and_close_keeps_it_for_reuse(tmp_path):
     path = tmp_path / "f"
     _old_file(path, 3 * BS)
     f = _with_undo(tmp_path, path)
@@ -165,7 +165,9 @@ def test_flush_empties_the_record_and_close_removes_it(tmp_path):
     f.flush()
     assert os.path.getsize(record) == 0
     assert undo.recover(str(tmp_path)) == []            # locked: a live writer's record is never applied
-    f.undo.close()
+    f.undo.close()                                      # kept, empty and locked, for the next file
+    assert undo.recover(str(tmp_path)) == [] and os.listdir(tmp_path / UNDO_DIR) == [os.path.basename(record)]
+    f.undo.records.close()
     os.close(f.fd)
     assert os.listdir(tmp_path / UNDO_DIR) == []
 
@@ -246,7 +248,7 @@ def _half_written_vault(tmp_path):
     tree = Tree(Vault.locked(str(vault)).unlock_with_password(pw.read_bytes().strip()))
     path = tree.path(*tree.resolve(b"a.bin"))
     f = tree.open_content(path, writable=True)
-    f.undo = UndoLog(str(vault), f.fd, f.header.file_id, f.layout, lambda: path)
+    f.undo = UndoLog(RecordFiles(str(vault)), f.fd, f.header.file_id, f.layout, lambda: path)
     f.write(0, b"x" * f.layout.block_size)          # sealed in place at once
     os.close(f.undo.fd)
     os.close(f.fd)

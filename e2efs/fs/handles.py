@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..content import ContentFile
 from ..tree import Tree
-from ..undo import UndoLog
+from ..undo import RecordFiles, UndoLog
 from .inodes import InodeTable, Node, backing_signature
 
 log = logging.getLogger("e2efs")
@@ -40,6 +40,7 @@ class OpenFiles:
         self.inodes = inodes
         self.read_only = read_only
         self.files: dict[int, OpenFile] = {}
+        self.records = RecordFiles(tree.root.path)
 
     def get(self, ino: int) -> OpenFile:
         return self.files[ino]
@@ -74,7 +75,7 @@ class OpenFiles:
 
     def _opened(self, node: Node, content: ContentFile) -> OpenFile:
         if not self.read_only:
-            content.undo = UndoLog(self.tree.root.path, content.fd, content.header.file_id,
+            content.undo = UndoLog(self.records, content.fd, content.header.file_id,
                                    content.layout, lambda: self._in_place_path(node))
         return OpenFile(node, content)
 
@@ -159,6 +160,9 @@ class OpenFiles:
 
     def close_all(self) -> None:
         """At unmount: every file still open reaches the vault."""
-        for ino in list(self.files):
-            self.files[ino].refs = 1
-            self.release(ino)
+        try:
+            for ino in list(self.files):
+                self.files[ino].refs = 1
+                self.release(ino)
+        finally:
+            self.records.close()
