@@ -44,6 +44,26 @@ def test_files_survive_remount(mounted):
     assert sorted(os.listdir(mounted.path)) == ["big", "d", "empty"]
 
 
+def test_atomic_save_with_directory_fsync(mounted):
+    """write temp, fsync, rename over, fsync the folder: the pattern of every careful
+    app; the folder's descriptor then still lists it."""
+    os.mkdir(mounted.p("d"))
+    write(mounted.p("d", "state.json"), b"old")
+    with open(mounted.p("d", "state.json.tmp"), "wb") as f:
+        f.write(b"new")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(mounted.p("d", "state.json.tmp"), mounted.p("d", "state.json"))
+    dfd = os.open(mounted.p("d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+        assert os.listdir(dfd) == ["state.json"]
+    finally:
+        os.close(dfd)
+    mounted.remount()
+    assert read(mounted.p("d", "state.json")) == b"new"
+
+
 def test_random_access_append_sparse_and_truncate(mounted):
     path = mounted.p("f")
     ref = bytearray(os.urandom(10_000))

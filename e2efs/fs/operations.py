@@ -135,7 +135,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable(tree)
         self.files = OpenFiles(tree, self.inodes, read_only)
         self.last_access = time.monotonic()
-        self._dir_handles: dict[int, tuple[int, list[bytes]]] = {}
+        self._dir_handles: dict[int, tuple[int, list[bytes] | None]] = {}
         self._next_dir_handle = 1
         self._owner = os.geteuid() == 0
         self.connected = trio.Event()
@@ -312,16 +312,18 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
-        names = set(self.tree.entries(self.inodes.dir(inode))) | set(self.inodes.pending_names(inode))
         fh = self._next_dir_handle
         self._next_dir_handle += 1
-        self._dir_handles[fh] = (inode, sorted(names))
+        self._dir_handles[fh] = (inode, None)       # listed at the first readdir: an fsync needs none
         return fh
 
     @_guarded
     def readdir(self, fh, start_id, token):
         parent, names = self._dir_handles[fh]
         listing = self.tree.entries(self.inodes.dir(parent))
+        if names is None:       # the snapshot this handle's offsets index into
+            names = sorted(set(listing) | set(self.inodes.pending_names(parent)))
+            self._dir_handles[fh] = (parent, names)
         for i in range(start_id, len(names)):
             node, st = self.inodes.child_and_stat(parent, names[i], listing)
             if node is None:
@@ -338,7 +340,9 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     def fsyncdir(self, fh, datasync):
-        pass
+        """Renames and unlinks in the folder become durable (an atomic save's last step)."""
+        if not self.read_only:
+            fsync_dir(self.inodes.dir(self._dir_handles[fh][0]).path)
 
     @_guarded
     def mkdir(self, parent_inode, name, mode, ctx):
