@@ -20,6 +20,7 @@ from ..errors import E2efsError, FuseUnavailable, MountFailed, MountpointError, 
 from ..fs import registry
 from ..fs.mountpoint import fusermount, is_mounted, vault_read_only
 from ..vault import LockedVault, Vault
+from .main import no_gc
 from .secrets import add_secret_options, unlock_with_secret
 
 log = logging.getLogger("e2efs")
@@ -102,7 +103,8 @@ def _daemon_process(log_file: str | None):
     memory locked, then the daemon module (~0.15 s of imports) returned."""
     _setup_log(log_file)
     memlock.protect()
-    from ..fs import daemon     # before any chdir: a relative sys.path entry still finds it
+    with no_gc():
+        from ..fs import daemon     # before any chdir: a relative sys.path entry still finds it
     return daemon
 
 
