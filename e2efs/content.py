@@ -131,6 +131,7 @@ class ContentFile:
         self._dirty: dict[int, bytearray] = {}
         self._clean: OrderedDict[int, bytes] = OrderedDict()
         self.undo: UndoLog | None = None     # set by whoever writes the file in place
+        self._disk_end = self.layout.ciphertext_size(size)     # where the ciphertext on disk ends
 
     @classmethod
     def create(cls, fd: int, keys: Keys, block_size: int, label: str) -> "ContentFile":
@@ -140,7 +141,7 @@ class ContentFile:
         header = Header.new(block_size)
         f = cls(fd, keys, header, 0, label)
         os.pwrite(fd, header.raw, 0)
-        f._disk_blocks, f._disk_final = 0, None
+        f._disk_blocks, f._disk_final, f._disk_end = 0, None, HEADER_LEN
         return f
 
     @classmethod
@@ -200,6 +201,7 @@ class ContentFile:
     def _pwrite_all(self, view: memoryview, offset: int) -> None:
         if self.undo is not None:
             self.undo.save(offset, len(view), self.layout.ciphertext_size(self._flushed_size))
+        self._disk_end = max(self._disk_end, offset + len(view))
         while view:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
@@ -334,9 +336,11 @@ class ContentFile:
                 self._remember(last, bytes(tail))
             self._dirty.pop(last, None)
             expected = self.layout.ciphertext_size(self._size)
-            if self.undo is not None:
-                self.undo.done(expected)
-            os.ftruncate(self.fd, expected)
+            if self._disk_end > expected:      # else the final block's pwrite ended the file
+                if self.undo is not None:
+                    self.undo.done(expected)
+                os.ftruncate(self.fd, expected)
+                self._disk_end = expected
             self._disk_blocks, self._disk_final = last + 1, last
             self._flushed_size = self._size
         if self.undo is not None:
