@@ -74,15 +74,34 @@ print(json.dumps({"missing": missing, "dist_version": dist_version, "version": v
     assert result["after_is_real"]
 
 
+def test_the_metadata_stand_in_serves_a_plain_import_too():
+    result = _fresh("""
+import json, sys
+from e2efs.cli import mount
+with mount._version_without_metadata():
+    import importlib.metadata
+    found = importlib.metadata.version("pyfuse3")
+    entry_points = importlib.metadata.entry_points    # from the real module
+import importlib
+print(json.dumps({"found": found, "real": importlib.metadata.version("pyfuse3"),
+                  "same": sys.modules["importlib.metadata"] is importlib.metadata,
+                  "entry_points": entry_points is importlib.metadata.entry_points}))
+""")
+    assert result["found"] == result["real"]
+    assert result["same"] and result["entry_points"]
+
+
 def test_the_metadata_stand_in_leaves_no_trace_when_unused():
     result = _fresh("""
 import json, sys
 from e2efs.cli import mount
 with mount._version_without_metadata():
     inside = type(sys.modules["importlib.metadata"]).__name__
-print(json.dumps({"inside": inside, "after": "importlib.metadata" in sys.modules}))
+import importlib
+print(json.dumps({"inside": inside, "after": "importlib.metadata" in sys.modules,
+                  "attribute": hasattr(importlib, "metadata")}))
 """)
-    assert result == {"inside": "StandIn", "after": False}
+    assert result == {"inside": "StandIn", "after": False, "attribute": False}
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -186,21 +186,23 @@ def _version_without_metadata():
                 raise AttributeError(attr)
             return getattr(real(), attr)
 
-    if "importlib.metadata" in sys.modules:     # already paid for
+    if "importlib.metadata" in sys.modules or hasattr(importlib, "metadata"):    # already paid for
         yield
         return
     stand_in = StandIn("importlib.metadata")
     stand_in.PackageNotFoundError = _PackageNotFound
     stand_in.version = version
     sys.modules["importlib.metadata"] = stand_in
+    importlib.metadata = stand_in           # for "import importlib.metadata" + attribute access
     try:
         yield
     finally:
         if sys.modules.get("importlib.metadata") is stand_in:
             if loaded:
-                sys.modules["importlib.metadata"] = loaded[0]
+                sys.modules["importlib.metadata"] = importlib.metadata = loaded[0]
             else:
                 del sys.modules["importlib.metadata"]
+                del importlib.metadata
 
 
 def _dist_info_version(name: str) -> str | None:
