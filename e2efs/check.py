@@ -94,9 +94,12 @@ def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> N
         if d == tree.root and fname in (VAULT_FILE, VAULT_BACKUP):
             continue
         if d == tree.root and fname == UNDO_DIR:
-            for record in left_behind(d.path):
-                report.problem(record, "undo record of an interrupted write: its file is rolled back by the "
-                                       "next read-write mount or 'e2efs fsck --repair'", UNDO)
+            try:
+                for record in left_behind(d.path):
+                    report.problem(record, "undo record of an interrupted write: its file is rolled back by "
+                                           "the next read-write mount or 'e2efs fsck --repair'", UNDO)
+            except OSError as exc:
+                report.problem(path, f"unreadable: {exc.strerror or exc}", UNREADABLE)
             continue
         if fname.startswith(TEMP_PREFIX) or fname.startswith(f".{VAULT_FILE}.tmp-"):
             report.problem(path, "leftover temporary file from an interrupted write", TEMP, parent=d)

@@ -281,12 +281,15 @@ class ContentFile:
         for i in self.layout.blocks_touched(offset, len(data)):
             start = i * bs
             lo, hi = max(offset, start), min(end, start + bs)
-            if lo == start and hi == start + bs and i < last and self._sealable(i):
-                if run and run[-1] != i - 1:
-                    self._seal_run(run, view, offset)
-                    run = []
+            full = lo == start and hi == start + bs and i < last
+            if full and run and run[-1] == i - 1:
                 run.append(i)
-                self._mark_sealed(i)
+                continue
+            if run:
+                self._seal_run(run, view, offset)
+                run = []
+            if full and self._sealable(i):
+                run.append(i)
                 continue
             if lo == start and hi == start + self.layout.block_len(i, self._size):
                 block = bytearray(view[lo - offset:hi - offset])
@@ -339,7 +342,12 @@ class ContentFile:
             if self._disk_end > expected:      # else the final block's pwrite ended the file
                 if self.undo is not None:
                     self.undo.done(expected)
-                os.ftruncate(self.fd, expected)
+                try:
+                    os.ftruncate(self.fd, expected)
+                except BaseException:
+                    if self.undo is not None:
+                        self.undo.done(0)       # not done: a kill from here on must roll back
+                    raise
                 self._disk_end = expected
             self._disk_blocks, self._disk_final = last + 1, last
             self._flushed_size = self._size
@@ -368,7 +376,8 @@ class ContentFile:
 
     def _seal_run(self, run: list[int], data: memoryview, offset: int) -> None:
         """Seal consecutive full non-final blocks straight from the caller's buffer:
-        one urandom, one scratch buffer, one pwrite (the sequential-write fast path)."""
+        one urandom, one scratch buffer, one pwrite (the sequential-write fast path).
+        If the write fails (ENOSPC) the blocks stay pending, to be written again."""
         bs, stride = self.layout.block_size, self.layout.stride
         out = scratch(len(run) * stride)
         nonces = os.urandom(NONCE_LEN * len(run))
@@ -376,7 +385,15 @@ class ContentFile:
             src = i * bs - offset
             self._cipher.seal_into(i, data[src:src + bs], False, out[k * stride:(k + 1) * stride],
                                    nonces[k * NONCE_LEN:(k + 1) * NONCE_LEN])
-        self._pwrite_all(out, self.layout.block_offset(run[0]))
+        try:
+            self._pwrite_all(out, self.layout.block_offset(run[0]))
+        except BaseException:
+            for i in run:       # possibly torn on disk now: only a rewrite repairs it
+                self._dirty[i] = bytearray(data[i * bs - offset:(i + 1) * bs - offset])
+                self._clean.pop(i, None)
+            raise
+        for i in run:
+            self._mark_sealed(i)
 
     def _seal_if_complete(self, index: int, last: int) -> None:
         """Seal a dirty block once it is full and not the last one, if that leaves

@@ -15,6 +15,8 @@ size.  Records hold ciphertext only and need no key.
 A live record is ``flock``ed by its writer; ``recover`` skips those.  Each
 record names its file by vault-relative path and content file ID, so a record
 for a file that was since deleted or replaced is dropped, never applied.
+Records come from the vault folder, so they are untrusted: no symlink is
+followed, only regular files are written, and only below the record's size.
 The guarantee is against the writer dying (SIGKILL, OOM, a crash), not power
 loss: nothing here is fsync'd before the overwrite (as in gocryptfs, a power
 cut during an in-place write can still leave a block that fails authentication).
@@ -23,7 +25,10 @@ cut during an in-place write can still leave a block that fails authentication).
 import errno
 import fcntl
 import os
+import re
+import stat
 import struct
+import time
 from typing import Callable
 
 from .blocks import HEADER_LEN, Layout
@@ -32,9 +37,13 @@ UNDO_DIR = ".e2efs-undo"
 MAGIC = b"E2EU"
 VERSION = 1
 FILE_ID_OFFSET = 8                       # where a content header keeps its file ID
-_HEAD = struct.Struct(">4sB3x16sQQH")    # magic, version, file ID, base size, done size, path length
+_HEAD = struct.Struct(">4sB3s16sQQH")    # magic, version, reserved, file ID, base size, done size, path length
 _DONE_AT = 4 + 1 + 3 + 16 + 8
 _RECORD = struct.Struct(">QI")           # ciphertext offset, length
+_NAME = re.compile(r"[0-9a-f]{16}")
+MAX_RECORD = 256 << 20                   # real ones stay near content.UNDO_LIMIT_BYTES
+STALE_TEMP_SECONDS = 60                  # a record file still unnamed after this was left by a kill
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UndoLog:
@@ -42,7 +51,8 @@ class UndoLog:
 
     ``where`` gives the file's current absolute path (None once it has no
     name: a file nobody can reach needs no undo).  The caller must settle
-    (flush) the file before renaming it or a folder above it.
+    (flush) the file before renaming it, a folder above it, or unlinking the
+    name the record uses.
     """
 
     def __init__(self, records: "RecordFiles", fd: int, file_id: bytes, layout: Layout,
@@ -54,11 +64,15 @@ class UndoLog:
         self.stride = layout.stride
         self.where = where
         self.fd: int | None = None
-        self.path: str | None = None
+        self.name: str | None = None
         self.base = 0                    # ciphertext size at the last consistent point
         self.end = 0                     # end of the last complete record
         self.saved: set[int] = set()     # blocks already copied this time round
         self.active = False
+
+    @property
+    def path(self) -> str | None:
+        return None if self.name is None else os.path.join(self.vault_root, UNDO_DIR, self.name)
 
     @property
     def saved_bytes(self) -> int:
@@ -87,7 +101,8 @@ class UndoLog:
             i = j
 
     def done(self, size: int) -> None:
-        """Every block of the change is written; only the cut to ``size`` is left."""
+        """Every block of the change is written; only the cut to ``size`` is left
+        (``size`` 0: not done after all, the cut failed)."""
         if self.active:
             os.pwrite(self.fd, struct.pack(">Q", size), _DONE_AT)
 
@@ -107,8 +122,8 @@ class UndoLog:
             os.close(self.fd)
         else:
             self.settled()
-            self.records.give(self.fd, self.path)
-        self.fd = self.path = None
+            self.records.give(self.fd, self.name)
+        self.fd = self.name = None
 
     # -- internals ----------------------------------------------------------
 
@@ -119,19 +134,32 @@ class UndoLog:
         rel = (target[len(self.vault_root) + 1:] if target.startswith(self.vault_root + "/")
                else os.path.relpath(target, self.vault_root)).encode()
         if self.fd is None:
-            self.fd, self.path = self.records.take()
-        head = _HEAD.pack(MAGIC, VERSION, self.file_id, base, 0, len(rel)) + rel
-        _pwrite_all(self.fd, head, 0)
+            self.fd, self.name = self.records.take()
+        head = _HEAD.pack(MAGIC, VERSION, bytes(3), self.file_id, base, 0, len(rel)) + rel
+        self._write_or_cut(lambda: _pwrite_all(self.fd, head, 0), 0)
         self.base, self.end, self.active = base, len(head), True
         return True
 
     def _append(self, offset: int, length: int) -> None:
         """Save the file's bytes [offset, offset+length).  A record is complete before
-        the overwrite it protects starts; a torn one (ENOSPC, a kill) is at the end
-        and is written over by the next."""
-        _pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
-        _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
+        the overwrite it protects starts."""
+        def write():
+            _pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
+            _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
+        self._write_or_cut(write, self.end)
         self.end += _RECORD.size + length
+
+    def _write_or_cut(self, write, end: int) -> None:
+        """A failed write (ENOSPC) must not leave bytes past the last complete range
+        that a later, shorter round could be read with."""
+        try:
+            write()
+        except BaseException:
+            try:
+                os.ftruncate(self.fd, end)
+            except OSError:
+                pass
+            raise
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -143,180 +171,263 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 def _copy(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
     """Copy inside the kernel (copy_file_range: no trip through Python's memory,
-    a reflink where the file system has them); pread/pwrite where it is refused."""
+    a reflink where the file system has them); pread/pwrite, 1 MiB at a time,
+    where it is refused."""
     while length:
         try:
             n = os.copy_file_range(src, dst, length, src_offset, dst_offset)
         except OSError:
             n = 0
         if n == 0:
-            data = os.pread(src, length, src_offset)
-            if len(data) < length:
+            data = os.pread(src, min(length, 1 << 20), src_offset)
+            if not data:
                 raise OSError(errno.EIO, "file shorter than its recorded size")
             _pwrite_all(dst, data, dst_offset)
-            return
+            n = len(data)
         src_offset, dst_offset, length = src_offset + n, dst_offset + n, length - n
 
 
+def _open_folder(vault_root: str, create: bool) -> int | None:
+    """The undo folder, never through a symlink (an attacker's link would aim
+    ``recover`` at another folder)."""
+    path = os.path.join(vault_root, UNDO_DIR)
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+
+
 class RecordFiles:
-    """The empty, locked record files of one vault, kept for reuse: an SQLite
-    journal is created, changed in place and deleted in every transaction, and
-    a record file each time cost a create, a rename and an unlink."""
+    """The record files of one vault's writer: created locked, and kept empty and
+    locked for reuse (an SQLite journal is created, changed in place and deleted
+    in every transaction; a record file each time cost a create, a rename and an
+    unlink)."""
 
     SPARE = 8
 
     def __init__(self, vault_root: str):
         self.vault_root = vault_root
+        self._folder: int | None = None
         self._spare: list[tuple[int, str]] = []
 
     def take(self) -> tuple[int, str]:
-        return self._spare.pop() if self._spare else _new_record_file(self.vault_root)
+        """(fd, name) of an empty record file this process holds the lock of."""
+        if self._spare:
+            return self._spare.pop()
+        if self._folder is None:
+            self._folder = _open_folder(self.vault_root, create=True)
+        name = os.urandom(8).hex()
+        fd = os.open("." + name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self._folder)
+        try:        # named only once locked, so recover never takes it for a dead writer's
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename("." + name, name, src_dir_fd=self._folder, dst_dir_fd=self._folder)
+        except BaseException:
+            os.close(fd)
+            os.unlink("." + name, dir_fd=self._folder)
+            raise
+        return fd, name
 
-    def give(self, fd: int, path: str) -> None:
+    def give(self, fd: int, name: str) -> None:
         """Take back an empty record file."""
         if len(self._spare) < self.SPARE:
-            self._spare.append((fd, path))
+            self._spare.append((fd, name))
         else:
-            _remove(fd, path)
+            self._remove(fd, name)
 
     def close(self) -> None:
         while self._spare:
-            _remove(*self._spare.pop())
+            self._remove(*self._spare.pop())
+        if self._folder is not None:
+            os.close(self._folder)
+            self._folder = None
 
-
-def _remove(fd: int, path: str) -> None:
-    os.unlink(path)
-    os.close(fd)
-
-
-def _new_record_file(vault_root: str) -> tuple[int, str]:
-    """Create and lock a record file; it only gets its final name once locked,
-    so ``recover`` never takes a live record for a dead one."""
-    folder = os.path.join(vault_root, UNDO_DIR)
-    try:
-        os.mkdir(folder, 0o700)
-    except FileExistsError:
-        pass
-    name = os.urandom(8).hex()
-    temp = os.path.join(folder, "." + name)
-    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        path = os.path.join(folder, name)
-        os.rename(temp, path)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temp)
-        raise
-    return fd, path
+    def _remove(self, fd: int, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._folder)
+        finally:
+            os.close(fd)
 
 
 # -- recovery ------------------------------------------------------------------
 
 class Record:
-    """A parsed undo record (what ``recover`` applies)."""
+    """The header of an undo record, and where its complete saved ranges are;
+    ValueError if it must be ignored."""
 
-    def __init__(self, raw: bytes):
-        magic, version, self.file_id, self.base, self.done, path_len = _HEAD.unpack_from(raw)
+    def __init__(self, fd: int):
+        size = os.fstat(fd).st_size
+        if size > MAX_RECORD:
+            raise ValueError("larger than any undo record e2efs writes")
+        raw = os.pread(fd, _HEAD.size, 0)
+        magic, version, reserved, self.file_id, self.base, self.done, path_len = _HEAD.unpack(raw)
         if magic != MAGIC:
             raise ValueError("not an e2efs undo record")
         if version != VERSION:
             raise ValueError(f"undo record version {version} is not supported")
-        rel = raw[_HEAD.size:_HEAD.size + path_len]
+        if reserved != bytes(3):
+            raise ValueError("invalid reserved field")
         try:
-            self.target = rel.decode("ascii")
+            self.target = os.pread(fd, path_len, _HEAD.size).decode("ascii")
         except UnicodeDecodeError:
             raise ValueError("file path is not ASCII") from None
-        parts = self.target.split("/")
-        if len(rel) != path_len or not self.target or self.target.startswith("/") or ".." in parts:
+        self.parts = self.target.split("/")
+        if any(part in ("", ".", "..") for part in self.parts):
             raise ValueError("invalid file path")
         if self.base < HEADER_LEN or (self.done and self.done < HEADER_LEN):
             raise ValueError("invalid file size")
-        self.blocks: list[tuple[int, bytes]] = []
+        self.ranges: list[tuple[int, int, int]] = []      # (file offset, record offset, length)
         at = _HEAD.size + path_len
-        while at + _RECORD.size <= len(raw):
-            offset, length = _RECORD.unpack_from(raw, at)
-            data = raw[at + _RECORD.size:at + _RECORD.size + length]
-            if len(data) < length:
+        while at + _RECORD.size <= size:
+            offset, length = _RECORD.unpack(os.pread(fd, _RECORD.size, at))
+            if at + _RECORD.size + length > size:
                 break                   # torn at the end: its overwrite never started
             if offset < HEADER_LEN or offset + length > self.base:
                 raise ValueError("a saved range lies outside the file")
-            self.blocks.append((offset, data))
+            self.ranges.append((offset, at + _RECORD.size, length))
             at += _RECORD.size + length
 
+    @staticmethod
+    def started(fd: int) -> bool:
+        """False for an empty record, or one killed while its header was written:
+        nothing was changed yet."""
+        raw = os.pread(fd, _HEAD.size, 0)
+        return len(raw) == _HEAD.size and os.fstat(fd).st_size >= _HEAD.size + _HEAD.unpack(raw)[-1]
 
-def _left_behind(vault_root: str):
-    """(path, locked fd) of each record whose writer is gone; a live writer holds its lock."""
-    folder = os.path.join(vault_root, UNDO_DIR)
+
+def _left_behind(vault_root: str, writable: bool):
+    """(name, folder fd, record fd) of each record whose writer is gone (a live
+    writer holds its lock); unnamed record files a kill left are removed."""
     try:
-        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
+        folder = _open_folder(vault_root, create=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise OSError(exc.errno, f"{UNDO_DIR} is not a folder: not touched") from None
+        raise
+    if folder is None:
         return
-    for name in names:
-        path = os.path.join(folder, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            yield path, fd
-        finally:
-            os.close(fd)
+    try:
+        for name in sorted(os.listdir(folder)):
+            if not _NAME.fullmatch(name.removeprefix(".")):
+                continue
+            try:
+                fd = os.open(name, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
+                             | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+            except OSError:
+                continue                # gone, or not a record file (a folder, a symlink)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue            # its writer is alive
+                try:        # another recover may have removed it while we waited for the lock
+                    if os.stat(name, dir_fd=folder, follow_symlinks=False).st_ino != st.st_ino:
+                        continue
+                except FileNotFoundError:
+                    continue
+                if name.startswith("."):
+                    if writable and time.time() - st.st_mtime > STALE_TEMP_SECONDS:
+                        os.unlink(name, dir_fd=folder)
+                    continue
+                yield name, folder, fd
+            finally:
+                os.close(fd)
+    finally:
+        os.close(folder)
 
 
 def left_behind(vault_root: str) -> list[str]:
-    """Undo records of interrupted writes, waiting for ``recover`` (for fsck's report)."""
-    return [path for path, fd in _left_behind(vault_root) if os.fstat(fd).st_size]
+    """Undo records of interrupted writes, waiting for ``recover`` (fsck's report,
+    read-only mounts: opens nothing for writing)."""
+    return [os.path.join(vault_root, UNDO_DIR, name)
+            for name, _, fd in _left_behind(vault_root, writable=False) if Record.started(fd)]
 
 
 def recover(vault_root: str) -> list[str]:
     """Apply every undo record a dead process left, then remove it; one line per
-    file restored.  Records still locked by a live writer are left alone."""
+    file restored or record refused.  Records still locked by a live writer, and
+    records whose file cannot be opened now (permissions, I/O errors), are kept."""
     messages = []
-    for path, fd in _left_behind(vault_root):
-        text = _apply(vault_root, fd, os.path.basename(path))
-        os.unlink(path)
+    for name, folder, fd in _left_behind(vault_root, writable=True):
+        label = f"{UNDO_DIR}/{name}"
+        try:
+            text, done = _apply(vault_root, fd, label)
+        except OSError as exc:
+            text, done = f"undo record {label} kept: {exc.strerror or exc}", False
+        if done:
+            try:
+                os.unlink(name, dir_fd=folder)
+            except FileNotFoundError:
+                pass
         if text:
             messages.append(text)
     return messages
 
 
-def _apply(vault_root: str, fd: int, name: str) -> str | None:
-    raw = _read_all(fd)
-    if len(raw) < _HEAD.size or len(raw) < _HEAD.size + _HEAD.unpack_from(raw)[-1]:
-        return None                     # empty, or killed while its header was written: nothing changed yet
+def _apply(vault_root: str, fd: int, label: str) -> tuple[str | None, bool]:
+    """(message, whether the record is finished with)."""
+    if not Record.started(fd):
+        return None, True
     try:
-        record = Record(raw)
+        record = Record(fd)
     except ValueError as exc:
-        return f"undo record {UNDO_DIR}/{name} ignored and removed: {exc}"
-    target = os.path.join(vault_root, record.target)
+        return f"undo record {label} ignored and removed: {exc}", True
     try:
-        tfd = os.open(target, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None                     # the file is gone: nothing to restore
+        tfd = _open_beneath(vault_root, record.parts)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, True               # the file is gone: nothing to restore
+    except ValueError as exc:
+        return f"undo record {label} ignored and removed: {exc}", True
     try:
         if os.pread(tfd, len(record.file_id), FILE_ID_OFFSET) != record.file_id:
-            return None                 # another file took the name since
+            return None, True           # another file took the name since
         if record.done:
             os.ftruncate(tfd, record.done)
             os.fsync(tfd)
-            return f"{record.target}: finished an interrupted write"
-        for offset, data in record.blocks:
-            _pwrite_all(tfd, data, offset)
+            return f"{record.target}: finished an interrupted write", True
+        for offset, at, length in record.ranges:
+            _copy(fd, at, tfd, offset, length)
         os.ftruncate(tfd, record.base)
         os.fsync(tfd)
-        return f"{record.target}: rolled back an interrupted write to its last flush"
+        return f"{record.target}: rolled back an interrupted write to its last flush", True
     finally:
         os.close(tfd)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _open_beneath(vault_root: str, parts: list[str]) -> int:
+    """Open the regular file ``parts`` below the vault folder for writing without
+    following any symlink on the way; ValueError if it is not one."""
+    folder = os.open(vault_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                below = os.open(part, _DIR_FLAGS, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and \
+                        stat.S_ISLNK(os.stat(part, dir_fd=folder, follow_symlinks=False).st_mode):
+                    raise ValueError("its path goes through a symlink") from None
+                raise
+            os.close(folder)
+            folder = below
+        try:
+            fd = os.open(parts[-1], os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise ValueError("it does not name a regular file") from None
+            raise
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("it does not name a regular file")
+    return fd

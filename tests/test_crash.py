@@ -259,6 +259,21 @@ def _write_back(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "sync_file_range")
 
 
+def _kill_during(m, path: str, change) -> None:
+    """Run ``change(fd)`` on ``path`` in the mount, hand its dirty pages to the daemon,
+    and SIGKILL the daemon before any flush."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        change(fd)
+        _write_back(fd)
+        _kill_daemon(m)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def test_kill_between_in_place_writes_rolls_back_to_the_last_flush(vault_mount):
     """The window in-place writes used to leave open: a block rewritten in place and a
     short final block resealed as full and non-final, then the daemon is killed before
@@ -272,17 +287,10 @@ def test_kill_between_in_place_writes_rolls_back_to_the_last_flush(vault_mount):
     old = os.urandom(10 * 4096 + 100)
     with open(m.p("chat.db"), "wb") as f:
         f.write(old)
-    fd = os.open(m.p("chat.db"), os.O_RDWR)
-    try:
+    def change(fd):
         os.pwrite(fd, b"p" * 4096, 2 * 4096)             # a whole block, rewritten in place
         os.pwrite(fd, b"g" * 8000, len(old) - 50)        # fills the short final block, grows the file
-        _write_back(fd)
-        _kill_daemon(m)
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    _kill_during(m, m.p("chat.db"), change)
     assert undo.left_behind(m.vault), "no undo record was left by the killed daemon"
     tree = _tree(m)
     entry = tree.lookup(tree.root, b"chat.db")
@@ -298,3 +306,25 @@ def test_kill_between_in_place_writes_rolls_back_to_the_last_flush(vault_mount):
         f.write(b"again")
     m.unmount()
     assert os.listdir(os.path.join(m.vault, undo.UNDO_DIR)) == [], "unmount left record files behind"
+
+
+def test_unlinking_the_name_an_undo_record_uses_keeps_the_other_link_safe(vault_mount):
+    """A record names one hard link; removing that name mid-round must first settle
+    the round, or a kill leaves the other link's file torn with no record to find it."""
+    m = vault_mount
+    m.mount()
+    old = os.urandom(10 * 4096 + 100)
+    with open(m.p("a.db"), "wb") as f:
+        f.write(old)
+    os.link(m.p("a.db"), m.p("b.db"))
+    def change(fd):
+        os.pwrite(fd, b"p" * 4096, 2 * 4096)              # the round's record names a.db
+        _write_back(fd)
+        os.unlink(m.p("a.db"))
+        os.pwrite(fd, b"g" * 8000, len(old) - 50)         # the short final block filled: torn on disk
+    _kill_during(m, m.p("b.db"), change)
+    m.mount()
+    with open(m.p("b.db"), "rb") as f:
+        assert f.read() == old[:2 * 4096] + b"p" * 4096 + old[3 * 4096:]     # as at the unlink's flush
+    _verify_vault(m)
+    m.unmount()

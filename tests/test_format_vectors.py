@@ -243,7 +243,8 @@ def spec_apply_undo(record: bytes, file: bytearray, file_id: bytes) -> bool:
     if len(record) < 42:
         return False
     magic, version, reserved, fid, base, done, plen = struct.unpack(">4sB3s16sQQH", record[:42])
-    if len(record) < 42 + plen or magic != b"E2EU" or version != 1 or base < 24 or (done and done < 24):
+    if len(record) < 42 + plen or magic != b"E2EU" or version != 1 or reserved != bytes(3) \
+            or base < 24 or (done and done < 24):
         return False
     if fid != file_id or bytes(file[8:24]) != fid:
         return False
@@ -273,6 +274,9 @@ def test_undo_record(tmp_path):
     damaged = bytearray(original)
     damaged[30:40] = b"\xff" * 10                # the interrupted rewrite of block 0...
     damaged += b"\x00" * 5000                    # ...and of the blocks it appended
+    spec = bytearray(damaged)
+    assert spec_apply_undo(record, spec, h("undo-record", "file_id")) and spec == original
+    record += struct.pack(">QI", 24, 41) + b"torn"     # a range cut off by the crash: skipped
     spec = bytearray(damaged)
     assert spec_apply_undo(record, spec, h("undo-record", "file_id")) and spec == original
     # e2efs applies the documented record the same way

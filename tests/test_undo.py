@@ -279,3 +279,123 @@ def subprocess_cat(vault, pw) -> bytes:
     import sys
     return subprocess.run([sys.executable, "-m", "e2efs", "cat", str(vault), "a.bin", "--password-file", str(pw)],
                           capture_output=True, check=True).stdout
+
+
+# -- what the review found: hostile records, odd entries, failed writes ---------------
+
+def _record_naming(tmp_path, rel: str, file_id: bytes, base: int, name="00112233445566ff") -> str:
+    folder = tmp_path / UNDO_DIR
+    folder.mkdir(exist_ok=True)
+    head = undo._HEAD.pack(undo.MAGIC, undo.VERSION, bytes(3), file_id, base, 0, len(rel)) + rel.encode()
+    path = folder / name
+    path.write_bytes(head + struct.pack(">QI", 24, 10) + b"X" * 10)
+    return str(path)
+
+
+def test_record_never_writes_through_a_symlink(tmp_path):
+    vault, outside = tmp_path / "v", tmp_path / "outside"
+    vault.mkdir()
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_bytes(b"#!/bin/sh\n" + bytes(range(14)) + b"echo harmless\n" + b"." * 50)
+    (vault / "evil").symlink_to(outside)
+    _record_naming(vault, "evil/victim", victim.read_bytes()[8:24], 60)
+    lines = undo.recover(str(vault))
+    assert len(lines) == 1 and "goes through a symlink" in lines[0]
+    assert victim.read_bytes().endswith(b"echo harmless\n" + b"." * 50)
+    (vault / "link").symlink_to(victim)                     # the last component a symlink
+    _record_naming(vault, "link", victim.read_bytes()[8:24], 60)
+    assert "not name a regular file" in undo.recover(str(vault))[0]
+    assert victim.read_bytes().endswith(b"echo harmless\n" + b"." * 50)
+
+
+def test_undo_folder_that_is_a_symlink_is_not_followed(tmp_path):
+    vault, precious = tmp_path / "v", tmp_path / "precious"
+    vault.mkdir()
+    precious.mkdir()
+    (precious / "0123456789abcdef").write_bytes(b"not a record, not ours")
+    (vault / UNDO_DIR).symlink_to(precious)
+    with pytest.raises(OSError, match="not a folder"):
+        undo.recover(str(vault))
+    assert os.listdir(precious) == ["0123456789abcdef"]
+
+
+def test_odd_entries_and_oversized_records_do_not_stop_recovery(tmp_path):
+    path = tmp_path / "f"
+    old = _old_file(path, 2 * BS)
+    folder = tmp_path / UNDO_DIR
+    folder.mkdir()
+    (folder / "00000000000000aa").mkdir()                   # a folder where a record would be
+    os.mkfifo(tmp_path / "fifo")
+    _record_naming(tmp_path, "fifo", bytes(16), 60, name="00000000000000bb")
+    huge = _record_naming(tmp_path, "f", open(path, "rb").read()[8:24], 60, name="00000000000000cc")
+    os.truncate(huge, undo.MAX_RECORD + 1)                 # sparse: must not be read into memory
+    lines = undo.recover(str(tmp_path))
+    assert any("not name a regular file" in l for l in lines)
+    assert any("larger than any undo record" in l for l in lines)
+    assert _read(path) == old
+    assert sorted(os.listdir(folder)) == ["00000000000000aa"]
+
+
+def test_a_failed_cut_leaves_the_round_rolling_back(tmp_path):
+    """A shrink's ftruncate fails after the record was marked done: the mark must be
+    withdrawn, or a kill later in the same round would 'finish' instead of rolling back."""
+    path = tmp_path / "f"
+    old = _old_file(path, 6 * BS + 5)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            f = _with_undo(tmp_path, path)
+            real_ftruncate, real_pwrite = os.ftruncate, os.pwrite
+
+            def failing_ftruncate(fd, n):
+                if fd == f.fd:
+                    raise OSError(5, "injected EIO")
+                return real_ftruncate(fd, n)
+            os.ftruncate = failing_ftruncate
+            try:
+                f.truncate(2 * BS + 999)
+            except OSError:
+                pass
+            os.ftruncate = real_ftruncate
+
+            def dying_pwrite(fd, data, offset):
+                if fd == f.fd:
+                    real_pwrite(fd, bytes(data)[:len(data) // 2], offset)
+                    os._exit(0)
+                return real_pwrite(fd, data, offset)
+            os.pwrite = dying_pwrite
+            f.write(0, b"x" * BS)
+            os._exit(FINISHED)
+        except BaseException:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert "rolled back" in undo.recover(str(tmp_path))[0]
+    assert _read(path) == old
+
+
+def test_disk_full_while_sealing_a_run_keeps_its_blocks_pending(tmp_path):
+    """The blocks of a failed run write stay pending, so the next flush writes them
+    instead of declaring a file with torn blocks complete."""
+    path = tmp_path / "f"
+    old = _old_file(path, 2 * BS + 5)
+    f = _with_undo(tmp_path, path)
+    new = random.Random(5).randbytes(3 * BS)
+    real_pwrite = os.pwrite
+
+    def full_disk(fd, data, offset):
+        if fd == f.undo.fd and offset > 0:
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    os.pwrite = full_disk
+    try:
+        with pytest.raises(OSError):
+            f.write(BS, new)                     # blocks 1-3 full: one run
+    finally:
+        os.pwrite = real_pwrite
+    f.flush()
+    f.undo.close()
+    f.undo.records.close()
+    os.close(f.fd)
+    got = _read(path)           # authentic; the failed run's blocks were written by the flush
+    assert got is not None and got[:3 * BS] == old[:BS] + new[:2 * BS]

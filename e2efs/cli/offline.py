@@ -234,7 +234,10 @@ def cmd_fsck(args) -> int:
     started = time.monotonic()
     actions, left = [], []
     if args.repair:     # first, so a rolled-back file is not taken for a damaged one
-        actions = [f"undo record applied: {line}" for line in undo.recover(args.vault)]
+        try:
+            actions = [f"undo record applied: {line}" for line in undo.recover(args.vault)]
+        except OSError as exc:
+            print(f"e2efs: warning: undo records not applied: {exc}", file=sys.stderr)
     with Progress("fsck", folder_bytes(args.vault), args.quiet or args.json) as progress:
         report = check(tree, progress)
     if args.repair:

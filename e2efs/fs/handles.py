@@ -86,10 +86,12 @@ class OpenFiles:
             return None
         return self.inodes.path(node)
 
-    def settle(self) -> None:
-        """Flush every file that has an undo round open: a record names its file by
-        path, so none may span a rename of the file or of a folder above it."""
-        for of in self.files.values():
+    def settle(self, node: Node | None = None) -> None:
+        """Flush every file (or ``node``) that has an undo round open: a record names
+        its file by path, so none may span a rename of the file or of a folder
+        above it, nor the unlink of the name it uses (the file may live on under
+        another hard link)."""
+        for of in self.files.values() if node is None else filter(None, [self.files.get(node.ino)]):
             if of.content.undo is not None and of.content.undo.active:
                 self.flush(of)
 

@@ -88,14 +88,19 @@ def _raise_open_file_limit() -> None:
 
 
 def _recover_interrupted_writes(vault_root: str, read_only: bool) -> None:
-    """Roll back what a killed daemon left half-written, before anything is read."""
-    if read_only:
-        for path in undo.left_behind(vault_root):
-            log.warning("%s: an interrupted write is pending: its file fails authentication until a "
-                        "read-write mount or 'e2efs fsck --repair' rolls it back", path)
-        return
-    for line in undo.recover(vault_root):
-        log.warning("%s", line)
+    """Roll back what a killed daemon left half-written, before anything is read.
+    Never fatal: a record that cannot be applied leaves its file failing
+    authentication (EIO), as it would without the record."""
+    try:
+        if read_only:
+            for path in undo.left_behind(vault_root):
+                log.warning("%s: an interrupted write is pending: its file fails authentication until a "
+                            "read-write mount or 'e2efs fsck --repair' rolls it back", path)
+            return
+        for line in undo.recover(vault_root):
+            log.warning("%s", line)
+    except OSError as exc:
+        log.error("interrupted writes could not be rolled back: %s", exc)
 
 
 def _times(st: os.stat_result) -> tuple[int, int]:
@@ -383,6 +388,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EISDIR)
         link = (parent_inode, name)
         if node.links[link] is not None:
+            self.files.settle(node)
             self.tree.remove(self.inodes.dir(parent_inode), self.inodes.entry(node, link))
         self.inodes.drop_link(node, link)
         if node.lookups == 0 and node.ino not in self.files.files:
