@@ -179,6 +179,41 @@ def test_large_directory_lists_every_entry_once(mounted):
     assert len(os.listdir(mounted.path)) == 1501
 
 
+def test_new_files_still_open_are_listed_and_keep_their_folder(mounted):
+    """A file being written exists only as a temp file until its close:
+    it must still be listed, keep its folder non-empty, and leave the
+    listing when it is renamed away or unlinked."""
+    os.mkdir(mounted.p("d"))
+    os.mkdir(mounted.p("other"))
+    write(mounted.p("d", "old"), b"old version")
+    a = os.open(mounted.p("d", "a"), os.O_CREAT | os.O_WRONLY)
+    b = os.open(mounted.p("d", "b"), os.O_CREAT | os.O_RDWR)
+    rewritten = os.open(mounted.p("d", "old"), os.O_TRUNC | os.O_RDWR)     # a temp file too
+    try:
+        os.write(a, b"a")
+        assert sorted(os.listdir(mounted.p("d"))) == ["a", "b", "old"]
+        assert os.listdir(mounted.p("other")) == []
+        with pytest.raises(OSError) as e:
+            os.rmdir(mounted.p("d"))
+        assert e.value.errno == errno.ENOTEMPTY
+        os.rename(mounted.p("d", "a"), mounted.p("other", "a"))
+        os.unlink(mounted.p("d", "b"))
+        os.unlink(mounted.p("d", "old"))
+        assert os.listdir(mounted.p("d")) == []
+        assert os.listdir(mounted.p("other")) == ["a"]
+        os.rmdir(mounted.p("d"))
+        for fd in (b, rewritten):           # unlinked, yet still a working file
+            os.write(fd, b"still here")
+            assert os.pread(fd, 100, 0) == b"still here"
+    finally:
+        for fd in (a, b, rewritten):
+            os.close(fd)
+    assert read(mounted.p("other", "a")) == b"a"
+    mounted.unmount()
+    left = [f for _, _, files in os.walk(mounted.vault) for f in files if f.startswith(".e2efs-tmp")]
+    assert left == []
+
+
 def test_mkdir_rmdir_unlink_errors(mounted):
     os.mkdir(mounted.p("d"))
     write(mounted.p("d", "f"), b"x")

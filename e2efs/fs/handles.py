@@ -107,17 +107,23 @@ class OpenFiles:
         node = of.node
         if node.temp is None:
             return
-        temp = self.inodes.path(node)
-        temp_dir = self.inodes.dir(node.temp[0])
-        node.temp = None
         if not node.links:
-            self.tree.discard_temp(temp_dir, temp)
+            self.orphan(node)
             return
+        temp = self.inodes.path(node)
+        node.temp = None
         parent, name = link = node.link
         d = self.inodes.dir(parent)
         entry = self.tree.commit(d, temp, name, node.kind)
         self.inodes.add_link(node, link, entry.backing)
         of.content.label = self.tree.path(d, entry)
+
+    def orphan(self, node: Node) -> None:
+        """Every name of a file still being written is gone: its temp file goes
+        now, not at release (the open descriptor keeps the content), so the
+        folder it sat in can be removed meanwhile."""
+        self.tree.discard_temp(self.inodes.dir(node.temp[0]), self.inodes.path(node))
+        node.temp = None
 
     def release(self, ino: int) -> None:
         of = self.files[ino]

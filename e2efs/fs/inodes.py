@@ -49,6 +49,7 @@ class InodeTable:
         self.tree = tree
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, Kind.DIR, ROOT_DIR_ID)}
         self._children: dict[Link, int] = {}
+        self._pending: dict[int, set[bytes]] = {}     # parent -> names that are only temp files
         self._by_backing: dict[int, int] = {}
         self._dirs: dict[int, Dir] = {pyfuse3.ROOT_INODE: tree.root}
         self._next = pyfuse3.ROOT_INODE + 1
@@ -126,6 +127,17 @@ class InodeTable:
     def add_link(self, node: Node, link: Link, backing: str | None) -> None:
         node.links[link] = backing
         self._children[link] = node.ino
+        if backing is None:
+            self._pending.setdefault(link[0], set()).add(link[1])
+        else:
+            self._not_pending(link)
+
+    def _not_pending(self, link: Link) -> None:
+        names = self._pending.get(link[0])
+        if names is not None:
+            names.discard(link[1])
+            if not names:
+                del self._pending[link[0]]
 
     def drop_link(self, node: Node, link: Link) -> None:
         node.links.pop(link, None)
@@ -133,15 +145,16 @@ class InodeTable:
             self._dirs = {pyfuse3.ROOT_INODE: self.tree.root}   # paths below it moved or vanished
         if self._children.get(link) == node.ino:
             del self._children[link]
+            self._not_pending(link)
         if not node.links and node.backing_ino is not None:
             # the backing inode number may be reused by a new file from now on
             self._by_backing.pop(node.backing_ino, None)
             node.backing_ino = None
 
-    def pending_names(self, parent: int) -> list[bytes]:
-        """Names of new files in ``parent`` that exist only as temp files."""
-        return [name for (p, name), ino in self._children.items()
-                if p == parent and self.nodes[ino].links.get((p, name), "") is None]
+    def pending_names(self, parent: int) -> set[bytes]:
+        """Names of new files in ``parent`` that exist only as temp files (kept
+        per parent: a listing must not walk every name the mount knows)."""
+        return self._pending.get(parent, set())
 
     def forget(self, ino: int, count: int, is_open: bool) -> None:
         node = self.nodes.get(ino)

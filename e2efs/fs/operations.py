@@ -327,7 +327,7 @@ class Operations(pyfuse3.Operations):
         parent, names = self._dir_handles[fh]
         listing = self.tree.entries(self.inodes.dir(parent))
         if names is None:       # the snapshot this handle's offsets index into
-            names = sorted(set(listing) | set(self.inodes.pending_names(parent)))
+            names = sorted(listing.keys() | self.inodes.pending_names(parent))
             self._dir_handles[fh] = (parent, names)
         for i in range(start_id, len(names)):
             node, st = self.inodes.child_and_stat(parent, names[i], listing)
@@ -390,9 +390,7 @@ class Operations(pyfuse3.Operations):
         if node.links[link] is not None:
             self.files.settle(node)
             self.tree.remove(self.inodes.dir(parent_inode), self.inodes.entry(node, link))
-        self.inodes.drop_link(node, link)
-        if node.lookups == 0 and node.ino not in self.files.files:
-            self.inodes.evict(node)
+        self._drop_name(node, link)
 
     @_guarded
     def symlink(self, parent_inode, name, target, ctx):
@@ -451,19 +449,27 @@ class Operations(pyfuse3.Operations):
         self.files.settle()
         old_link, new_link = (parent_inode_old, name_old), (parent_inode_new, name_new)
         if target is not None and target.links[new_link] is None:
-            self._forget_target(target, new_link)   # an uncommitted new file: nothing on disk
+            self._drop_name(target, new_link)   # an uncommitted new file: nothing on disk
             target = None
         moved = self.tree.rename(self.inodes.dir(parent_inode_old), self.inodes.entry(node, old_link),
                                  self.inodes.dir(parent_inode_new), name_new)
         if target is not None:
-            self._forget_target(target, new_link)
+            self._drop_name(target, new_link)
         self.inodes.add_link(node, new_link, moved.backing)
         self.inodes.drop_link(node, old_link)
 
-    def _forget_target(self, target: Node, link) -> None:
-        self.inodes.drop_link(target, link)
-        if target.lookups == 0 and target.ino not in self.files.files:
-            self.inodes.evict(target)
+    def _drop_name(self, node: Node, link) -> None:
+        """A name is gone: a node nobody holds is forgotten; an open file whose
+        last name it was and that exists only as a temp file loses that file now."""
+        self.inodes.drop_link(node, link)
+        if node.ino not in self.files.files:
+            if node.lookups == 0:
+                self.inodes.evict(node)
+        elif not node.links and node.temp is not None:
+            try:
+                self.files.orphan(node)
+            except OSError as exc:      # release tries again
+                log.warning("could not remove the temp file of an unlinked open file: %s", exc)
 
     # -- file content -------------------------------------------------------------
 
