@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from .blocks import BLOCK_OVERHEAD, HEADER_LEN, NONCE_LEN, Layout, MIN_BLOCK_SHIFT, MAX_BLOCK_SHIFT
 from .crypto import Keys
+from .diskio import pwrite_all
 from cryptography.exceptions import InvalidTag
 from .errors import CorruptData
 from .undo import UndoLog
@@ -202,9 +203,7 @@ class ContentFile:
         if self.undo is not None:
             self.undo.save(offset, len(view), self.layout.ciphertext_size(self._flushed_size))
         self._disk_end = max(self._disk_end, offset + len(view))
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view, offset = view[written:], offset + written
+        pwrite_all(self.fd, view, offset)
 
     # -- plaintext operations -----------------------------------------------
 
@@ -361,7 +360,10 @@ class ContentFile:
     # -- internals ----------------------------------------------------------
 
     def _last_index(self) -> int:
-        return self.layout.block_count(self._size) - 1
+        return self._last_index_of(self._size)
+
+    def _last_index_of(self, size: int) -> int:
+        return self.layout.block_count(size) - 1
 
     def _sealable(self, index: int) -> bool:
         """Can block ``index`` go to disk now without leaving a gap before it?"""
@@ -374,17 +376,43 @@ class ContentFile:
             self._disk_final = None
         self._disk_blocks = max(self._disk_blocks, index + 1)
 
-    def _seal_run(self, run: list[int], data: memoryview, offset: int) -> None:
-        """Seal consecutive full non-final blocks straight from the caller's buffer:
-        one urandom, one scratch buffer, one pwrite (the sequential-write fast path).
-        If the write fails (ENOSPC) the blocks stay pending, to be written again."""
+    def _sealed(self, first: int, plain: memoryview, final: int | None) -> memoryview:
+        """The blocks of ``plain`` (block ``first`` onwards; ``final``: the index
+        sealed as final, if among them) as they go on disk, in this thread's
+        scratch buffer: one urandom for all nonces, no allocation."""
         bs, stride = self.layout.block_size, self.layout.stride
-        out = scratch(len(run) * stride)
-        nonces = os.urandom(NONCE_LEN * len(run))
-        for k, i in enumerate(run):
-            src = i * bs - offset
-            self._cipher.seal_into(i, data[src:src + bs], False, out[k * stride:(k + 1) * stride],
+        count = -(-len(plain) // bs)
+        out = scratch(len(plain) + count * BLOCK_OVERHEAD)
+        nonces = os.urandom(NONCE_LEN * count)
+        for k in range(count):
+            piece = plain[k * bs:(k + 1) * bs]
+            self._cipher.seal_into(first + k, piece, first + k == final,
+                                   out[k * stride:k * stride + len(piece) + BLOCK_OVERHEAD],
                                    nonces[k * NONCE_LEN:(k + 1) * NONCE_LEN])
+        return out
+
+    def seal_at(self, offset: int, plain: memoryview, size: int) -> None:
+        """Seal and write plaintext [offset, offset+len(plain)) of a new file that
+        will hold ``size`` bytes: ``offset`` is block-aligned, ``plain`` ends on a
+        block boundary or at ``size``.  Changes no state of this object, so
+        threads may seal disjoint ranges of one file at once; ``sealed(size)``
+        follows when every range is on disk."""
+        first = offset // self.layout.block_size
+        pwrite_all(self.fd, self._sealed(first, plain, self._last_index_of(size)), self.layout.block_offset(first))
+
+    def sealed(self, size: int) -> None:
+        """Every block of a ``size``-byte file is on disk (``seal_at``)."""
+        self._size = self._flushed_size = size
+        self._disk_blocks = self.layout.block_count(size)
+        self._disk_final = self._disk_blocks - 1
+        self._disk_end = self.layout.ciphertext_size(size)
+
+    def _seal_run(self, run: list[int], data: memoryview, offset: int) -> None:
+        """Seal consecutive full non-final blocks straight from the caller's buffer
+        with one pwrite (the sequential-write fast path).  If the write fails
+        (ENOSPC) the blocks stay pending, to be written again."""
+        bs = self.layout.block_size
+        out = self._sealed(run[0], data[run[0] * bs - offset:(run[-1] + 1) * bs - offset], None)
         try:
             self._pwrite_all(out, self.layout.block_offset(run[0]))
         except BaseException:

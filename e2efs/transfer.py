@@ -9,19 +9,25 @@ been decrypted and authenticated.
 after its ciphertext is committed, its folder fsync'd, and the file read back
 through the vault and compared with the source.  ``verify_export`` compares a
 plain folder with the vault entry by entry (``e2efs disable``).
+
+Files of ``PARALLEL_MIN`` and more are cut into 1 MiB chunks (whole blocks)
+that a thread per core encrypts or decrypts side by side.
 """
 
 import os
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor, wait
 
-from .content import scratch
+from .content import ContentFile, scratch
+from .diskio import pwrite_all
 from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace, VerificationFailed
 from .names import Kind
 from .tree import Dir, Tree
 from .vault import fsync_dir
 
 CHUNK = 1 << 20
+PARALLEL_MIN = 4 * CHUNK      # smaller files: handing chunks to threads costs more than it saves
 
 
 def _io_error(exc: OSError, what: str) -> Exception:
@@ -43,9 +49,10 @@ def _keep_metadata(path: str, st: os.stat_result, follow: bool = True, mode: boo
 def _read_chunks(path: str):
     """The file in 1 MiB views of one buffer reused across files (a fresh 1 MiB
     buffer is an mmap and 256 page faults: 60 us, more than encrypting a small
-    file); each view is valid until the next.  Tried and measured slower on two
-    cores: a reader thread (GIL hand-offs, 2.5x slower) and worker processes
-    per file (no faster: docs/PERFORMANCE.md)."""
+    file); each view is valid until the next.  Small files only: large ones are
+    split into chunks for several threads (``_import_file``).  Measured slower
+    on two cores: one reader thread feeding the encrypting one (GIL hand-offs,
+    2.5x slower) and worker processes per file (docs/PERFORMANCE.md)."""
     buf = scratch(CHUNK, "import")
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
@@ -65,8 +72,43 @@ def import_tree(tree: Tree, source: str, progress=None, in_place: bool = False) 
     committed and verified, and each emptied subfolder after it (``source``
     itself stays)."""
     stats = Stats()
-    _import_dir(tree, os.fsencode(source), tree.root, stats, progress, in_place)
+    with _chunk_pool() as pool:
+        _import_dir(tree, os.fsencode(source), tree.root, stats, progress, pool, in_place)
     return stats
+
+
+class _SourceShrank(Exception):
+    """A source file ended before the size it had when its import started."""
+
+
+def _import_file(tree: Tree, d: Dir, name: bytes, path: bytes, st: os.stat_result, pool: ThreadPoolExecutor):
+    """A large file is encrypted 1 MiB chunk by chunk on the pool's threads
+    (AES-GCM and the positional reads and writes run without the GIL); a small
+    one, or one that shrinks meanwhile, streams through one thread."""
+    if st.st_size >= PARALLEL_MIN:
+        src = os.open(path, os.O_RDONLY)
+        try:
+            def fill(content: ContentFile) -> None:
+                jobs = [(src, content, offset, st.st_size) for offset in range(0, st.st_size, CHUNK)]
+                _run_all(pool, jobs, _encrypt_chunk)
+                content.sealed(st.st_size)
+            return tree.new_file(d, name, fill)
+        except _SourceShrank:
+            pass
+        finally:
+            os.close(src)
+    return tree.write_file(d, name, _read_chunks(path))
+
+
+def _encrypt_chunk(src: int, content: ContentFile, offset: int, size: int) -> None:
+    view = scratch(min(CHUNK, size - offset), "import")
+    got = 0
+    while got < len(view):
+        n = os.preadv(src, [view[got:]], offset + got)
+        if n == 0:
+            raise _SourceShrank()
+        got += n
+    content.seal_at(offset, view, size)
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -109,7 +151,8 @@ def _content_equals(tree: Tree, cipher_path: str, plain_path) -> bool:
         os.close(content.fd)
 
 
-def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, in_place: bool = False) -> None:
+def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, pool: ThreadPoolExecutor,
+                in_place: bool = False) -> None:
     try:
         names = sorted(os.listdir(src))
     except OSError as exc:
@@ -122,7 +165,7 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, in_place
             existing = tree.lookup(d, name)
             if stat.S_ISDIR(st.st_mode):
                 entry = existing if existing and existing.kind is Kind.DIR else tree.mkdir(d, name, 0o700)
-                _import_dir(tree, path, tree.subdir(d, entry), stats, progress, in_place)
+                _import_dir(tree, path, tree.subdir(d, entry), stats, progress, pool, in_place)
                 _keep_metadata(tree.path(d, entry), st)
                 stats.dirs += 1
                 if in_place and not os.listdir(path):
@@ -130,7 +173,7 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, in_place
                     os.rmdir(path)
                 continue
             if stat.S_ISREG(st.st_mode):
-                entry = tree.write_file(d, name, _read_chunks(path))
+                entry = _import_file(tree, d, name, path, st, pool)
                 stats.bytes += st.st_size
             elif stat.S_ISLNK(st.st_mode):
                 entry = tree.symlink(d, name, os.readlink(path))
@@ -163,7 +206,8 @@ def export_tree(tree: Tree, dest: str, progress=None) -> Stats:
     stats = Stats()
     try:
         os.mkdir(partial, 0o700)
-        _export_dir(tree, tree.root, os.fsencode(partial), stats, progress)
+        with _chunk_pool() as pool:
+            _export_dir(tree, tree.root, os.fsencode(partial), stats, progress, pool)
         _keep_metadata(partial, os.stat(tree.root.path))
         if os.path.isdir(dest):
             os.rmdir(dest)
@@ -177,14 +221,18 @@ def export_tree(tree: Tree, dest: str, progress=None) -> Stats:
     return stats
 
 
-def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress) -> None:
+def _chunk_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))), thread_name_prefix="e2efs-chunk")
+
+
+def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress, pool: ThreadPoolExecutor) -> None:
     for name, entry in sorted(tree.entries(d).items()):
         target = os.path.join(out, name)
         source = tree.path(d, entry)
         st = os.lstat(source)
         if entry.kind is Kind.DIR:
             os.mkdir(target, 0o700)
-            _export_dir(tree, tree.subdir(d, entry), target, stats, progress)
+            _export_dir(tree, tree.subdir(d, entry), target, stats, progress, pool)
             _keep_metadata(target, st)
             stats.dirs += 1
             continue
@@ -196,26 +244,51 @@ def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress) -> None:
             os.mknod(target, kind | stat.S_IMODE(st.st_mode), rdev)
             _keep_metadata(target, st)
         else:
-            stats.bytes += decrypt_file(tree, source, target)
+            stats.bytes += decrypt_file(tree, source, target, pool)
             _keep_metadata(target, st)
         stats.files += 1
         if progress:
             progress(os.fsdecode(target), st.st_size)
 
 
-def decrypt_file(tree: Tree, source: str, target: str) -> int:
+def decrypt_file(tree: Tree, source: str, target: str, pool: ThreadPoolExecutor | None = None) -> int:
+    """``pool``: threads that decrypt the 1 MiB chunks of a large file side by
+    side (AES-GCM, preadv and pwrite all run without the GIL)."""
     content = tree.open_content(source)
     try:
-        buf = scratch(CHUNK, "export")
-        with open(target, "wb", buffering=0) as out:
-            for offset in range(0, content.size, CHUNK):
-                n = content.read_into(offset, buf)
-                written = 0
-                while written < n:
-                    written += out.write(buf[written:n])
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            offsets = range(0, content.size, CHUNK)
+            if pool is None or content.size < PARALLEL_MIN:
+                for offset in offsets:
+                    _decrypt_chunk(content, out, offset)
+            else:
+                _run_all(pool, [(content, out, offset) for offset in offsets], _decrypt_chunk)
+        finally:
+            os.close(out)
         return content.size
     finally:
         os.close(content.fd)
+
+
+def _decrypt_chunk(content: ContentFile, out: int, offset: int) -> None:
+    """Chunks are whole blocks (CHUNK is a multiple of every block size), so
+    concurrent reads of one file share no cached block."""
+    buf = scratch(CHUNK, "export")
+    pwrite_all(out, buf[:content.read_into(offset, buf)], offset)
+
+
+def _run_all(pool: ThreadPoolExecutor, jobs: list[tuple], fn) -> None:
+    """Run ``fn(*job)`` for every job; the first failure is raised once no job
+    is running any more (they write to descriptors the caller closes next)."""
+    futures = [pool.submit(fn, *job) for job in jobs]
+    try:
+        for f in futures:
+            f.result()
+    finally:
+        for f in futures:
+            f.cancel()
+        wait(futures)
 
 
 def authenticate_file(tree: Tree, source: str) -> int:

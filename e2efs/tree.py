@@ -231,13 +231,20 @@ class Tree:
 
     def write_file(self, d: Dir, name: bytes, chunks, mode: int = 0o644, kind: Kind = Kind.FILE) -> Entry:
         """Encrypt a stream of byte chunks into a new file, atomically."""
-        temp, fd = self.temp_file(d, mode)
-        try:
-            content = ContentFile.create(fd, self.keys, self.layout.block_size, temp)
+        def fill(content: ContentFile) -> None:
             offset = 0
             for chunk in chunks:
                 content.write(offset, chunk)
                 offset += len(chunk)
+        return self.new_file(d, name, fill, mode, kind)
+
+    def new_file(self, d: Dir, name: bytes, fill, mode: int = 0o644, kind: Kind = Kind.FILE) -> Entry:
+        """A new file whose content ``fill(content)`` writes, committed by rename
+        once it is on disk in full (fsync'd); on any failure nothing is left."""
+        temp, fd = self.temp_file(d, mode)
+        try:
+            content = ContentFile.create(fd, self.keys, self.layout.block_size, temp)
+            fill(content)
             content.fsync()
         except BaseException:
             os.close(fd)

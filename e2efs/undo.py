@@ -32,6 +32,7 @@ import time
 from typing import Callable
 
 from .blocks import HEADER_LEN, Layout
+from .diskio import pwrite_all
 
 UNDO_DIR = ".e2efs-undo"
 MAGIC = b"E2EU"
@@ -136,7 +137,7 @@ class UndoLog:
         if self.fd is None:
             self.fd, self.name = self.records.take()
         head = _HEAD.pack(MAGIC, VERSION, bytes(3), self.file_id, base, 0, len(rel)) + rel
-        self._write_or_cut(lambda: _pwrite_all(self.fd, head, 0), 0)
+        self._write_or_cut(lambda: pwrite_all(self.fd, head, 0), 0)
         self.base, self.end, self.active = base, len(head), True
         return True
 
@@ -144,7 +145,7 @@ class UndoLog:
         """Save the file's bytes [offset, offset+length).  A record is complete before
         the overwrite it protects starts."""
         def write():
-            _pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
+            pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
             _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
         self._write_or_cut(write, self.end)
         self.end += _RECORD.size + length
@@ -162,13 +163,6 @@ class UndoLog:
             raise
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
 def _copy(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
     """Copy inside the kernel (copy_file_range: no trip through Python's memory,
     a reflink where the file system has them); pread/pwrite, 1 MiB at a time,
@@ -182,7 +176,7 @@ def _copy(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> 
             data = os.pread(src, min(length, 1 << 20), src_offset)
             if not data:
                 raise OSError(errno.EIO, "file shorter than its recorded size")
-            _pwrite_all(dst, data, dst_offset)
+            pwrite_all(dst, data, dst_offset)
             n = len(data)
         src_offset, dst_offset, length = src_offset + n, dst_offset + n, length - n
 
