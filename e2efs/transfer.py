@@ -17,6 +17,7 @@ that a thread per core encrypts or decrypts side by side.
 import os
 import shutil
 import stat
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from .content import ContentFile, scratch
@@ -28,6 +29,7 @@ from .vault import fsync_dir
 
 CHUNK = 1 << 20
 PARALLEL_MIN = 4 * CHUNK      # smaller files: handing chunks to threads costs more than it saves
+IN_FLIGHT = 16                # chunks handed to the pool and not yet done, at most
 
 
 def _io_error(exc: OSError, what: str) -> Exception:
@@ -89,7 +91,7 @@ def _import_file(tree: Tree, d: Dir, name: bytes, path: bytes, st: os.stat_resul
         src = os.open(path, os.O_RDONLY)
         try:
             def fill(content: ContentFile) -> None:
-                jobs = [(src, content, offset, st.st_size) for offset in range(0, st.st_size, CHUNK)]
+                jobs = ((src, content, offset, st.st_size) for offset in range(0, st.st_size, CHUNK))
                 _run_all(pool, jobs, _encrypt_chunk)
                 content.sealed(st.st_size)
             return tree.new_file(d, name, fill)
@@ -263,7 +265,7 @@ def decrypt_file(tree: Tree, source: str, target: str, pool: ThreadPoolExecutor 
                 for offset in offsets:
                     _decrypt_chunk(content, out, offset)
             else:
-                _run_all(pool, [(content, out, offset) for offset in offsets], _decrypt_chunk)
+                _run_all(pool, ((content, out, offset) for offset in offsets), _decrypt_chunk)
         finally:
             os.close(out)
         return content.size
@@ -278,17 +280,22 @@ def _decrypt_chunk(content: ContentFile, out: int, offset: int) -> None:
     pwrite_all(out, buf[:content.read_into(offset, buf)], offset)
 
 
-def _run_all(pool: ThreadPoolExecutor, jobs: list[tuple], fn) -> None:
-    """Run ``fn(*job)`` for every job; the first failure is raised once no job
-    is running any more (they write to descriptors the caller closes next)."""
-    futures = [pool.submit(fn, *job) for job in jobs]
+def _run_all(pool: ThreadPoolExecutor, jobs, fn) -> None:
+    """Run ``fn(*job)`` for every job, ``IN_FLIGHT`` at a time (a 100 GiB file is
+    100 000 chunks); the first failure is raised once no job is running any
+    more (they write to descriptors the caller closes next)."""
+    window: deque = deque()
     try:
-        for f in futures:
-            f.result()
+        for job in jobs:
+            if len(window) == IN_FLIGHT:
+                window.popleft().result()
+            window.append(pool.submit(fn, *job))
+        while window:
+            window.popleft().result()
     finally:
-        for f in futures:
+        for f in window:
             f.cancel()
-        wait(futures)
+        wait(window)
 
 
 def authenticate_file(tree: Tree, source: str) -> int:

@@ -221,7 +221,7 @@ def test_large_files_export_in_parallel_chunks_and_a_bad_block_stops_it(tmp_path
     the export with nothing left behind."""
     src = tmp_path / "src"
     src.mkdir()
-    big = os.urandom(9 * MIB + 5)                       # ends inside a block
+    big = os.urandom(21 * MIB + 5)                      # ends inside a block; more chunks than IN_FLIGHT
     (src / "video.mp4").write_bytes(big)
     (src / "small").write_bytes(b"s")
     vault, pw, _ = init_vault(tmp_path)
