@@ -141,7 +141,7 @@ class ContentFile:
         file gets before it is committed, so a small file is sealed once."""
         header = Header.new(block_size)
         f = cls(fd, keys, header, 0, label)
-        os.pwrite(fd, header.raw, 0)
+        pwrite_all(fd, header.raw, 0)
         f._disk_blocks, f._disk_final, f._disk_end = 0, None, HEADER_LEN
         return f
 
@@ -376,7 +376,7 @@ class ContentFile:
             self._disk_final = None
         self._disk_blocks = max(self._disk_blocks, index + 1)
 
-    def _sealed(self, first: int, plain: memoryview, final: int | None) -> memoryview:
+    def _sealed_blocks(self, first: int, plain: memoryview, final: int | None) -> memoryview:
         """The blocks of ``plain`` (block ``first`` onwards; ``final``: the index
         sealed as final, if among them) as they go on disk, in this thread's
         scratch buffer: one urandom for all nonces, no allocation."""
@@ -395,13 +395,14 @@ class ContentFile:
         """Seal and write plaintext [offset, offset+len(plain)) of a new file that
         will hold ``size`` bytes: ``offset`` is block-aligned, ``plain`` ends on a
         block boundary or at ``size``.  Changes no state of this object, so
-        threads may seal disjoint ranges of one file at once; ``sealed(size)``
+        threads may seal disjoint ranges of one file at once; ``finish_sealed(size)``
         follows when every range is on disk."""
         first = offset // self.layout.block_size
-        pwrite_all(self.fd, self._sealed(first, plain, self._last_index_of(size)), self.layout.block_offset(first))
+        pwrite_all(self.fd, self._sealed_blocks(first, plain, self._last_index_of(size)), self.layout.block_offset(first))
 
-    def sealed(self, size: int) -> None:
-        """Every block of a ``size``-byte file is on disk (``seal_at``)."""
+    def finish_sealed(self, size: int) -> None:
+        """Every block of a ``size``-byte new file is on disk (``seal_at``)."""
+        assert self.undo is None and not self._dirty and self._disk_end == HEADER_LEN, "for new files only"
         self._size = self._flushed_size = size
         self._disk_blocks = self.layout.block_count(size)
         self._disk_final = self._disk_blocks - 1
@@ -412,7 +413,7 @@ class ContentFile:
         with one pwrite (the sequential-write fast path).  If the write fails
         (ENOSPC) the blocks stay pending, to be written again."""
         bs = self.layout.block_size
-        out = self._sealed(run[0], data[run[0] * bs - offset:(run[-1] + 1) * bs - offset], None)
+        out = self._sealed_blocks(run[0], data[run[0] * bs - offset:(run[-1] + 1) * bs - offset], None)
         try:
             self._pwrite_all(out, self.layout.block_offset(run[0]))
         except BaseException:

@@ -79,23 +79,25 @@ def import_tree(tree: Tree, source: str, progress=None, in_place: bool = False) 
     return stats
 
 
-class _SourceShrank(Exception):
-    """A source file ended before the size it had when its import started."""
+class _SourceChanged(Exception):
+    """A source file's size changed while its chunks were being read."""
 
 
 def _import_file(tree: Tree, d: Dir, name: bytes, path: bytes, st: os.stat_result, pool: ThreadPoolExecutor):
     """A large file is encrypted 1 MiB chunk by chunk on the pool's threads
     (AES-GCM and the positional reads and writes run without the GIL); a small
-    one, or one that shrinks meanwhile, streams through one thread."""
+    one, or one whose size changes meanwhile, streams through one thread."""
     if st.st_size >= PARALLEL_MIN:
         src = os.open(path, os.O_RDONLY)
         try:
             def fill(content: ContentFile) -> None:
                 jobs = ((src, content, offset, st.st_size) for offset in range(0, st.st_size, CHUNK))
                 _run_all(pool, jobs, _encrypt_chunk)
-                content.sealed(st.st_size)
+                if os.fstat(src).st_size != st.st_size:
+                    raise _SourceChanged()      # grown: the chunks stopped at the old size
+                content.finish_sealed(st.st_size)
             return tree.new_file(d, name, fill)
-        except _SourceShrank:
+        except _SourceChanged:
             pass
         finally:
             os.close(src)
@@ -108,7 +110,7 @@ def _encrypt_chunk(src: int, content: ContentFile, offset: int, size: int) -> No
     while got < len(view):
         n = os.preadv(src, [view[got:]], offset + got)
         if n == 0:
-            raise _SourceShrank()
+            raise _SourceChanged()
         got += n
     content.seal_at(offset, view, size)
 
@@ -295,7 +297,12 @@ def _run_all(pool: ThreadPoolExecutor, jobs, fn) -> None:
     finally:
         for f in window:
             f.cancel()
-        wait(window)
+        while True:         # a second Ctrl-C must not close descriptors a chunk still writes to
+            try:
+                wait(window)
+                break
+            except KeyboardInterrupt:
+                continue
 
 
 def authenticate_file(tree: Tree, source: str) -> int:

@@ -247,24 +247,26 @@ def _with_size(st: os.stat_result, size: int):
     return SimpleNamespace(**{**fields, "st_size": size})
 
 
-def test_a_large_file_that_shrinks_during_import_is_imported_as_it_now_is(tmp_path, monkeypatch):
+@pytest.mark.parametrize("seen_size_error", [3 * MIB, -4 * MIB], ids=["shrank", "grew"])
+def test_a_large_file_whose_size_changes_during_import_is_imported_as_it_now_is(tmp_path, monkeypatch,
+                                                                               seen_size_error):
     """The chunks of a large file are read at offsets fixed by the size seen at
-    the start; a file that is shorter by then is streamed again, whole."""
+    the start; a file of another size by the end is streamed again, whole."""
     from e2efs import transfer
     from e2efs.tree import Tree
     from e2efs.vault import LockedVault
     src = tmp_path / "src"
     src.mkdir()
-    data = os.urandom(5 * MIB)
+    data = os.urandom(9 * MIB)
     (src / "db").write_bytes(data)
     vault, pw, _ = init_vault(tmp_path)
     tree = Tree(LockedVault.read(str(vault)).unlock_with_password(PASSWORD.encode()))
     real_lstat = os.lstat
 
-    def lstat_from_before_it_shrank(path, *a, **kw):
+    def lstat_from_before_the_change(path, *a, **kw):
         st = real_lstat(path, *a, **kw)
-        return _with_size(st, st.st_size + 3 * MIB) if os.fsdecode(path).endswith("/db") else st
-    monkeypatch.setattr(os, "lstat", lstat_from_before_it_shrank)
+        return _with_size(st, st.st_size + seen_size_error) if os.fsdecode(path).endswith("/db") else st
+    monkeypatch.setattr(os, "lstat", lstat_from_before_the_change)
     transfer.import_tree(tree, str(src))
     monkeypatch.undo()
     run("export", vault, tmp_path / "out", "--password-file", pw)
