@@ -214,6 +214,34 @@ def test_new_files_still_open_are_listed_and_keep_their_folder(mounted):
     assert left == []
 
 
+def test_rename_over_files_still_being_written(mounted):
+    """The replaced file lives on for its open handles, and vanishes at close."""
+    write(mounted.p("new"), b"new version")
+    write(mounted.p("old"), b"old version")
+    pending = os.open(mounted.p("pending"), os.O_CREAT | os.O_RDWR)      # only a temp file so far
+    rewritten = os.open(mounted.p("old"), os.O_TRUNC | os.O_RDWR)        # its new version: a temp file
+    try:
+        os.write(pending, b"p")
+        os.write(rewritten, b"r")
+        os.rename(mounted.p("new"), mounted.p("pending"))
+        write(mounted.p("second"), b"second")
+        os.rename(mounted.p("second"), mounted.p("old"))
+        assert read(mounted.p("pending")) == b"new version"
+        assert read(mounted.p("old")) == b"second"
+        for fd in (pending, rewritten):
+            os.write(fd, b" more")
+            assert os.pread(fd, 100, 0) in (b"p more", b"r more")
+    finally:
+        os.close(pending)
+        os.close(rewritten)
+    assert sorted(os.listdir(mounted.path)) == ["old", "pending"]
+    mounted.remount()
+    assert read(mounted.p("pending")) == b"new version"
+    assert read(mounted.p("old")) == b"second"
+    left = [f for _, _, files in os.walk(mounted.vault) for f in files if f.startswith(".e2efs-tmp")]
+    assert left == []
+
+
 def test_mkdir_rmdir_unlink_errors(mounted):
     os.mkdir(mounted.p("d"))
     write(mounted.p("d", "f"), b"x")

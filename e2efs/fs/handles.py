@@ -110,11 +110,10 @@ class OpenFiles:
         if not node.links:
             self.orphan(node)
             return
-        temp = self.inodes.path(node)
-        node.temp = None
         parent, name = link = node.link
         d = self.inodes.dir(parent)
-        entry = self.tree.commit(d, temp, name, node.kind)
+        entry = self.tree.commit(d, self.inodes.path(node), name, node.kind)
+        node.temp = None        # only now: a failed rename leaves the temp file for release to drop
         self.inodes.add_link(node, link, entry.backing)
         of.content.label = self.tree.path(d, entry)
 

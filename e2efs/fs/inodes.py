@@ -151,10 +151,10 @@ class InodeTable:
             self._by_backing.pop(node.backing_ino, None)
             node.backing_ino = None
 
-    def pending_names(self, parent: int) -> set[bytes]:
+    def pending_names(self, parent: int) -> frozenset[bytes]:
         """Names of new files in ``parent`` that exist only as temp files (kept
         per parent: a listing must not walk every name the mount knows)."""
-        return self._pending.get(parent, set())
+        return frozenset(self._pending.get(parent, ()))
 
     def forget(self, ino: int, count: int, is_open: bool) -> None:
         node = self.nodes.get(ino)

@@ -448,15 +448,12 @@ class Operations(pyfuse3.Operations):
         self._commit_pending(node)
         self.files.settle()
         old_link, new_link = (parent_inode_old, name_old), (parent_inode_new, name_new)
-        if target is not None and target.links[new_link] is None:
-            self._drop_name(target, new_link)   # an uncommitted new file: nothing on disk
-            target = None
         moved = self.tree.rename(self.inodes.dir(parent_inode_old), self.inodes.entry(node, old_link),
                                  self.inodes.dir(parent_inode_new), name_new)
-        if target is not None:
-            self._drop_name(target, new_link)
         self.inodes.add_link(node, new_link, moved.backing)
         self.inodes.drop_link(node, old_link)
+        if target is not None:      # replaced (an uncommitted new file only in the table)
+            self._drop_name(target, new_link)
 
     def _drop_name(self, node: Node, link) -> None:
         """A name is gone: a node nobody holds is forgotten; an open file whose
