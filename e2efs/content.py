@@ -402,7 +402,7 @@ class ContentFile:
 
     def finish_sealed(self, size: int) -> None:
         """Every block of a ``size``-byte new file is on disk (``seal_at``)."""
-        assert self.undo is None and not self._dirty and self._disk_end == HEADER_LEN, "for new files only"
+        assert size and self.undo is None and not self._dirty and self._disk_end == HEADER_LEN, "new files only"
         self._size = self._flushed_size = size
         self._disk_blocks = self.layout.block_count(size)
         self._disk_final = self._disk_blocks - 1

@@ -30,9 +30,10 @@ import signal
 import stat
 from dataclasses import dataclass, field
 
-from . import crypto, undo
+from . import chunks, crypto, undo
 from .blocks import HEADER_LEN
-from .content import ContentFile, Header
+from .chunks import CHUNK, each_chunk
+from .content import ContentFile, Header, scratch
 from .crypto import Keys
 from .errors import CorruptData, IOFailure, NoSpace, VaultCorrupt, VaultMounted
 from .names import (ROOT_DIR_ID, SIDE_SUFFIX, Kind, NameCipher, long_stem_name, parse_backing_name,
@@ -42,7 +43,6 @@ from .vault import (FORMAT_VERSION, VAULT_BACKUP, VAULT_FILE, RekeyState, Vault,
                     key_check)
 
 REKEY_TEMP_PREFIX = TEMP_PREFIX + "rekey-"
-CHUNK = 1 << 20
 KILL_ENV = "E2EFS_TEST_REKEY_KILL_AFTER"      # tests only: SIGKILL ourselves after that many durable steps
 
 _steps_done = 0
@@ -193,7 +193,8 @@ def rekey(vault: Vault, make_slots, progress=None, announce=None) -> Result:
     stats = Stats()
     keys = TwoKeys(vault.keys, Keys(new_master), vault.block_size)
     try:
-        rekey_dir(keys, vault.root, ROOT_DIR_ID, stats, progress)
+        with chunks.pool() as workers:
+            rekey_dir(keys, vault.root, ROOT_DIR_ID, stats, progress, workers)
     except OSError as exc:
         if exc.errno == 28:
             raise NoSpace("no space left while re-encrypting; free some and run rekey again to continue") from None
@@ -216,7 +217,7 @@ def finish(vault: Vault, new_master: bytes, make_slots, resumed: bool, stats: St
     return Result(new_master, resumed, stats)
 
 
-def rekey_dir(keys: TwoKeys, path: str, dir_id: bytes, stats: Stats, progress) -> None:
+def rekey_dir(keys: TwoKeys, path: str, dir_id: bytes, stats: Stats, progress, workers=None) -> None:
     stats.dirs += 1
     dir_st = os.stat(path)
     for fname in sorted(os.listdir(path)):
@@ -233,12 +234,12 @@ def rekey_dir(keys: TwoKeys, path: str, dir_id: bytes, stats: Stats, progress) -
         if parsed.kind is Kind.DIR:
             if not stat.S_ISDIR(st.st_mode):
                 raise CorruptData(f"{old_path}: named as a directory but is not one")
-            rekey_dir(keys, old_path, parsed.dir_id, stats, progress)
+            rekey_dir(keys, old_path, parsed.dir_id, stats, progress, workers)
         else:
             if keys.content_is_new(old_path):
                 stats.already += 1
             else:
-                stats.bytes += _reencrypt(keys, path, old_path, st)
+                stats.bytes += _reencrypt(keys, path, old_path, st, workers)
                 stats.files += 1
             if progress:
                 progress(old_path, st.st_size)
@@ -252,7 +253,12 @@ def rekey_dir(keys: TwoKeys, path: str, dir_id: bytes, stats: Stats, progress) -
     os.utime(path, ns=(dir_st.st_atime_ns, dir_st.st_mtime_ns))
 
 
-def _reencrypt(keys: TwoKeys, dir_path: str, path: str, st: os.stat_result) -> int:
+def _copy_chunk(old: ContentFile, new: ContentFile, offset: int) -> None:
+    buf = scratch(CHUNK, "rekey")
+    new.seal_at(offset, buf[:old.read_into(offset, buf)], old.size)
+
+
+def _reencrypt(keys: TwoKeys, dir_path: str, path: str, st: os.stat_result, workers) -> int:
     """Copy ``path`` under K' into a temp file and rename it over ``path``."""
     temp = os.path.join(dir_path, REKEY_TEMP_PREFIX + os.urandom(6).hex())
     old = _open(path, keys.old)
@@ -260,8 +266,9 @@ def _reencrypt(keys: TwoKeys, dir_path: str, path: str, st: os.stat_result) -> i
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             new = ContentFile.create(fd, keys.new, keys.block_size, temp)
-            for offset in range(0, old.size, CHUNK):
-                new.write(offset, old.read(offset, CHUNK))
+            if old.size:        # (the empty file's one block is sealed by fsync)
+                each_chunk(workers, old.size, lambda offset: _copy_chunk(old, new, offset))
+                new.finish_sealed(old.size)
             new.fsync()
             if os.geteuid() == 0:
                 os.fchown(fd, st.st_uid, st.st_gid)

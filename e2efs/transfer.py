@@ -10,26 +10,22 @@ after its ciphertext is committed, its folder fsync'd, and the file read back
 through the vault and compared with the source.  ``verify_export`` compares a
 plain folder with the vault entry by entry (``e2efs disable``).
 
-Files of ``PARALLEL_MIN`` and more are cut into 1 MiB chunks (whole blocks)
-that a thread per core encrypts or decrypts side by side.
+Files of ``chunks.PARALLEL_MIN`` and more are encrypted or decrypted in chunks
+on a thread per core (chunks.py).
 """
 
 import os
 import shutil
 import stat
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
+from .chunks import CHUNK, PARALLEL_MIN, each_chunk, pool as chunk_pool
 from .content import ContentFile, scratch
 from .diskio import pwrite_all
 from .errors import CorruptData, DestinationNotEmpty, IOFailure, NoSpace, VerificationFailed
 from .names import Kind
 from .tree import Dir, Tree
 from .vault import fsync_dir
-
-CHUNK = 1 << 20
-PARALLEL_MIN = 4 * CHUNK      # smaller files: handing chunks to threads costs more than it saves
-IN_FLIGHT = 16                # chunks handed to the pool and not yet done, at most
 
 
 def _io_error(exc: OSError, what: str) -> Exception:
@@ -74,7 +70,7 @@ def import_tree(tree: Tree, source: str, progress=None, in_place: bool = False) 
     committed and verified, and each emptied subfolder after it (``source``
     itself stays)."""
     stats = Stats()
-    with _chunk_pool() as pool:
+    with chunk_pool() as pool:
         _import_dir(tree, os.fsencode(source), tree.root, stats, progress, pool, in_place)
     return stats
 
@@ -91,8 +87,7 @@ def _import_file(tree: Tree, d: Dir, name: bytes, path: bytes, st: os.stat_resul
         src = os.open(path, os.O_RDONLY)
         try:
             def fill(content: ContentFile) -> None:
-                jobs = ((src, content, offset, st.st_size) for offset in range(0, st.st_size, CHUNK))
-                _run_all(pool, jobs, _encrypt_chunk)
+                each_chunk(pool, st.st_size, lambda offset: _encrypt_chunk(src, content, offset, st.st_size))
                 if os.fstat(src).st_size != st.st_size:
                     raise _SourceChanged()      # grown: the chunks stopped at the old size
                 content.finish_sealed(st.st_size)
@@ -210,7 +205,7 @@ def export_tree(tree: Tree, dest: str, progress=None) -> Stats:
     stats = Stats()
     try:
         os.mkdir(partial, 0o700)
-        with _chunk_pool() as pool:
+        with chunk_pool() as pool:
             _export_dir(tree, tree.root, os.fsencode(partial), stats, progress, pool)
         _keep_metadata(partial, os.stat(tree.root.path))
         if os.path.isdir(dest):
@@ -223,10 +218,6 @@ def export_tree(tree: Tree, dest: str, progress=None) -> Stats:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return stats
-
-
-def _chunk_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))), thread_name_prefix="e2efs-chunk")
 
 
 def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress, pool: ThreadPoolExecutor) -> None:
@@ -262,12 +253,7 @@ def decrypt_file(tree: Tree, source: str, target: str, pool: ThreadPoolExecutor 
     try:
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            offsets = range(0, content.size, CHUNK)
-            if pool is None or content.size < PARALLEL_MIN:
-                for offset in offsets:
-                    _decrypt_chunk(content, out, offset)
-            else:
-                _run_all(pool, ((content, out, offset) for offset in offsets), _decrypt_chunk)
+            each_chunk(pool, content.size, lambda offset: _decrypt_chunk(content, out, offset))
         finally:
             os.close(out)
         return content.size
@@ -276,33 +262,9 @@ def decrypt_file(tree: Tree, source: str, target: str, pool: ThreadPoolExecutor 
 
 
 def _decrypt_chunk(content: ContentFile, out: int, offset: int) -> None:
-    """Chunks are whole blocks (CHUNK is a multiple of every block size), so
-    concurrent reads of one file share no cached block."""
+    """Chunks are whole blocks, so concurrent reads of one file share no cached block."""
     buf = scratch(CHUNK, "export")
     pwrite_all(out, buf[:content.read_into(offset, buf)], offset)
-
-
-def _run_all(pool: ThreadPoolExecutor, jobs, fn) -> None:
-    """Run ``fn(*job)`` for every job, ``IN_FLIGHT`` at a time (a 100 GiB file is
-    100 000 chunks); the first failure is raised once no job is running any
-    more (they write to descriptors the caller closes next)."""
-    window: deque = deque()
-    try:
-        for job in jobs:
-            if len(window) == IN_FLIGHT:
-                window.popleft().result()
-            window.append(pool.submit(fn, *job))
-        while window:
-            window.popleft().result()
-    finally:
-        for f in window:
-            f.cancel()
-        while True:         # a second Ctrl-C must not close descriptors a chunk still writes to
-            try:
-                wait(window)
-                break
-            except KeyboardInterrupt:
-                continue
 
 
 def authenticate_file(tree: Tree, source: str) -> int:

@@ -61,6 +61,7 @@ def _without_dir_times(snap: dict) -> dict:
 # -- rekey --------------------------------------------------------------------
 
 def test_rekey_end_to_end(tmp_path, plain_tree):
+    (plain_tree / "video.mp4").write_bytes(os.urandom(9 * MIB + 5))     # re-encrypted in chunks on threads
     vault, pw, key = init_vault(tmp_path)
     run("import", plain_tree, vault, "--password-file", pw)
     run("export", vault, tmp_path / "before", "--password-file", pw)
@@ -72,7 +73,7 @@ def test_rekey_end_to_end(tmp_path, plain_tree):
     result = json.loads(done.stdout)
     new_key = tmp_path / "new.key"
     new_key.write_text(result["recovery_key"] + "\n")
-    assert result["files"] == 7 and result["resumed"] is False and result["already_done"] == 0
+    assert result["files"] == 8 and result["resumed"] is False and result["already_done"] == 0
     assert [s["type"] for s in result["slots"]] == ["password"]
 
     assert run("ls", vault, "--key-file", key, check=False).returncode == WrongSecret.exit_code
