@@ -19,11 +19,11 @@ def pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))), thread_name_prefix="e2efs-chunk")
 
 
-def each_chunk(workers: ThreadPoolExecutor | None, size: int, fn) -> None:
+def each_chunk(workers: ThreadPoolExecutor, size: int, fn) -> None:
     """``fn(offset)`` for the offset of every chunk of a ``size``-byte file: on
-    ``workers`` if given and the file is large enough, else in this thread."""
+    ``workers`` if the file is large enough, else in this thread."""
     offsets = range(0, size, CHUNK)
-    if workers is None or size < PARALLEL_MIN:
+    if size < PARALLEL_MIN:
         for offset in offsets:
             fn(offset)
         return

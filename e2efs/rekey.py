@@ -28,6 +28,7 @@ File IDs change (a new header per file); directory IDs stay.
 import os
 import signal
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import chunks, crypto, undo
@@ -217,7 +218,7 @@ def finish(vault: Vault, new_master: bytes, make_slots, resumed: bool, stats: St
     return Result(new_master, resumed, stats)
 
 
-def rekey_dir(keys: TwoKeys, path: str, dir_id: bytes, stats: Stats, progress, workers=None) -> None:
+def rekey_dir(keys: TwoKeys, path: str, dir_id: bytes, stats: Stats, progress, workers: ThreadPoolExecutor) -> None:
     stats.dirs += 1
     dir_st = os.stat(path)
     for fname in sorted(os.listdir(path)):
@@ -258,7 +259,7 @@ def _copy_chunk(old: ContentFile, new: ContentFile, offset: int) -> None:
     new.seal_at(offset, buf[:old.read_into(offset, buf)], old.size)
 
 
-def _reencrypt(keys: TwoKeys, dir_path: str, path: str, st: os.stat_result, workers) -> int:
+def _reencrypt(keys: TwoKeys, dir_path: str, path: str, st: os.stat_result, workers: ThreadPoolExecutor) -> int:
     """Copy ``path`` under K' into a temp file and rename it over ``path``."""
     temp = os.path.join(dir_path, REKEY_TEMP_PREFIX + os.urandom(6).hex())
     old = _open(path, keys.old)

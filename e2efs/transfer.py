@@ -246,7 +246,7 @@ def _export_dir(tree: Tree, d: Dir, out: bytes, stats: Stats, progress, pool: Th
             progress(os.fsdecode(target), st.st_size)
 
 
-def decrypt_file(tree: Tree, source: str, target: str, pool: ThreadPoolExecutor | None = None) -> int:
+def decrypt_file(tree: Tree, source: str, target: str, pool: ThreadPoolExecutor) -> int:
     """``pool``: threads that decrypt the 1 MiB chunks of a large file side by
     side (AES-GCM, preadv and pwrite all run without the GIL)."""
     content = tree.open_content(source)
