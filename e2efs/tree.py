@@ -48,6 +48,16 @@ class Entry(NamedTuple):
     dir_id: bytes | None = None
 
 
+class _Listing(NamedTuple):
+    mtime: int                          # the backing directory's, when last validated
+    entries: dict[bytes, Entry]         # by plaintext name
+    by_backing: dict[str, Entry]        # by backing name, before duplicate names are told apart
+
+
+def _is_icloud_stub(fname: str) -> bool:
+    return fname.startswith(".") and fname.endswith(ICLOUD_STUB)     # no entry's backing name starts with "."
+
+
 class Tree:
     def __init__(self, vault: Vault):
         self.vault = vault
@@ -55,7 +65,7 @@ class Tree:
         self.layout = Layout(vault.block_size)
         self.names = NameCipher(vault.keys.names)
         self.root = Dir(vault.root, ROOT_DIR_ID)
-        self._listings: dict[str, tuple[int, dict[bytes, Entry]]] = {}
+        self._listings: dict[str, _Listing] = {}
         self._unsure: set[str] = set()
 
     # -- paths ----------------------------------------------------------------
@@ -79,13 +89,13 @@ class Tree:
     def entries(self, d: Dir) -> dict[bytes, Entry]:
         mtime = os.stat(d.path).st_mtime_ns
         cached = self._listings.get(d.path)
-        if cached is not None and cached[0] == mtime:
+        if cached is not None and cached.mtime == mtime:
             if d.path not in self._unsure or time.time_ns() - mtime < MTIME_GRAIN_NS:
-                return cached[1]
+                return cached.entries
         self._unsure.discard(d.path)
-        listing = self._scan(d)
-        self._listings[d.path] = (mtime, listing)
-        return listing
+        listing = self._scan(d, mtime, cached.by_backing if cached is not None else {})
+        self._listings[d.path] = listing
+        return listing.entries
 
     def lookup(self, d: Dir, name: bytes) -> Entry | None:
         return self.entries(d).get(name)
@@ -101,49 +111,57 @@ class Tree:
         cached = self._listings.get(d.path)
         if cached is None:
             return
-        listing = cached[1]
         if name is not None:
             if entry is None:
-                listing.pop(name, None)
+                cached.entries.pop(name, None)
             else:
-                listing[name] = entry
-        self._listings[d.path] = (os.stat(d.path).st_mtime_ns, listing)
+                cached.entries[name] = entry
+                cached.by_backing.setdefault(entry.backing, entry)
+        self._listings[d.path] = cached._replace(mtime=os.stat(d.path).st_mtime_ns)
         # Directory mtimes are coarse (a jiffy on ext4): a sync client's change in
         # the same tick as ours leaves the mtime we just blessed.  So the listing
         # is trusted while we keep changing the directory, and rescanned once the
         # directory has been quiet for a grain: one scan per burst, not per create.
         self._unsure.add(d.path)
 
-    def _scan(self, d: Dir) -> dict[bytes, Entry]:
+    def _scan(self, d: Dir, mtime: int, known: dict[str, Entry]) -> _Listing:
+        """List ``d``; a backing name in ``known`` (the last scan's) is not
+        decrypted again, so a rescan of a large folder costs a listdir, not
+        thousands of AES-SIV decryptions."""
         found: dict[bytes, Entry] = {}
+        by_backing: dict[str, Entry] = {}
         stubs = []
         for fname in sorted(os.listdir(d.path)):
-            parsed = parse_backing_name(fname)
-            if parsed is None:
-                if fname.startswith(".") and fname.endswith(ICLOUD_STUB):
-                    stubs.append(fname)
+            entry = known.get(fname) or self._read_entry(d, fname)
+            if entry is None:
                 continue
-            try:
-                name = self.decrypt_name(d, parsed) + parsed.conflict.encode()
-            except CorruptData as exc:
-                log.warning("skipping %s: %s", os.path.join(d.path, fname), exc)
+            by_backing[fname] = entry
+            if _is_icloud_stub(fname):
+                stubs.append(entry)
                 continue
-            if name in found:
-                name += f" (e2efs duplicate {fname[-8:]})".encode()
-            found[name] = Entry(name, fname, parsed.kind, parsed.dir_id)
-        for fname in stubs:
+            if entry.name in found:
+                entry = entry._replace(name=entry.name + f" (e2efs duplicate {fname[-8:]})".encode())
+            found[entry.name] = entry
+        for entry in stubs:
             # iCloud evicted the file and left ".<backing>.icloud": keep the name
             # visible; opening it says why it cannot be read (EIO, one log line)
-            parsed = parse_backing_name(fname[1:-len(ICLOUD_STUB)])
-            if parsed is None or parsed.kind is Kind.DIR:
-                continue
-            try:
-                name = self.decrypt_name(d, parsed) + parsed.conflict.encode()
-            except CorruptData:
-                continue
-            if name not in found:
-                found[name] = Entry(name, fname, Kind.FILE)
-        return found
+            found.setdefault(entry.name, entry)
+        return _Listing(mtime, found, by_backing)
+
+    def _read_entry(self, d: Dir, fname: str) -> Entry | None:
+        """The entry a backing name stands for; None for anything that is not one
+        (temp files, side records, a damaged name: logged)."""
+        stub = _is_icloud_stub(fname)
+        parsed = parse_backing_name(fname[1:-len(ICLOUD_STUB)] if stub else fname)
+        if parsed is None or (stub and parsed.kind is Kind.DIR):
+            return None
+        try:
+            name = self.decrypt_name(d, parsed) + parsed.conflict.encode()
+        except CorruptData as exc:
+            if not stub:
+                log.warning("skipping %s: %s", os.path.join(d.path, fname), exc)
+            return None
+        return Entry(name, fname, Kind.FILE) if stub else Entry(name, fname, parsed.kind, parsed.dir_id)
 
     def decrypt_name(self, d: Dir, parsed: BackingName) -> bytes:
         stem = parsed.stem

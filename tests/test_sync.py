@@ -121,6 +121,31 @@ def test_change_in_the_same_mtime_tick_is_not_lost(tmp_path):
     assert b"a (1)" in t.entries(t.root)
 
 
+def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
+    """A chat app's media folder holds thousands of files: when a sync client adds
+    one, or our own change goes unconfirmed for a grain, the rescan must not
+    decrypt every name again (that was ~35 ms per new file in a 5000-file folder)."""
+    vault = tmp_path / "v"
+    vault.mkdir()
+    from vaultutil import FAST_KDF
+    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
+    t = tree_of(str(vault))
+    for i in range(50):
+        t.write_file(t.root, b"IMG-%03d.jpg" % i, [b"x"])
+    assert len(t.entries(t.root)) == 50
+    phone = tree_of(str(vault))
+    phone.write_file(phone.root, b"from-phone.jpg", [b"y"])
+    phone.remove(phone.root, phone.lookup(phone.root, b"IMG-000.jpg"))
+    decrypted = []
+    real = t.names.decrypt_stem
+    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
+    listing = t.entries(t.root)
+    assert b"from-phone.jpg" in listing and b"IMG-000.jpg" not in listing and len(listing) == 50
+    assert len(decrypted) == 1
+    assert t.read_all(t.path(t.root, listing[b"from-phone.jpg"])) == b"y"
+
+
 def test_placeholders_are_reported_not_garbage(mounted):
     m = mounted
     write(m.p("photo.jpg"), b"jpeg" * 1000)
