@@ -53,3 +53,28 @@ def test_polling_request_loop_is_used_and_still_yields_to_signals(mounted):
         for t in threads:
             t.join()
     assert not os.path.ismount(mounted.path)
+
+
+async def test_request_wait_spins_only_while_requests_come_quickly():
+    """The request loop looks for the next request without sleeping only while
+    requests follow each other within microseconds; after a longer gap it
+    sleeps in poll(2) and spends no CPU waiting (a pipe stands in for /dev/fuse)."""
+    from e2efs.fs import requestloop
+    r, w = os.pipe()
+    try:
+        wait = requestloop._PollingWait(r)
+        os.write(w, b"x")
+        assert await wait() and wait.spin                  # one at once: spin for the next
+        os.read(r, 1)
+        threading.Timer(0.01, os.write, (w, b"x")).start()
+        cpu = time.thread_time()
+        assert await wait()
+        assert time.thread_time() - cpu < 0.004            # spun SPIN_NS at most, then slept
+        assert not wait.spin
+        os.read(r, 1)
+        threading.Timer(0.01, os.write, (w, b"x")).start()
+        cpu = time.thread_time()
+        assert await wait() and time.thread_time() - cpu < 0.002    # no spin at all this time
+    finally:
+        os.close(r)
+        os.close(w)
