@@ -173,7 +173,7 @@ def _import_dir(tree: Tree, src: bytes, d: Dir, stats: Stats, progress, pool: Th
                 continue
             if stat.S_ISREG(st.st_mode):
                 entry = _import_file(tree, d, name, path, st, pool)
-                stats.bytes += st.st_size
+                stats.bytes += tree.plain_size(entry, os.stat(tree.path(d, entry)))   # the size may have changed
             elif stat.S_ISLNK(st.st_mode):
                 entry = tree.symlink(d, name, os.readlink(path))
             elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

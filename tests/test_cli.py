@@ -267,8 +267,9 @@ def test_a_large_file_whose_size_changes_during_import_is_imported_as_it_now_is(
         st = real_lstat(path, *a, **kw)
         return _with_size(st, st.st_size + seen_size_error) if os.fsdecode(path).endswith("/db") else st
     monkeypatch.setattr(os, "lstat", lstat_from_before_the_change)
-    transfer.import_tree(tree, str(src))
+    stats = transfer.import_tree(tree, str(src))
     monkeypatch.undo()
+    assert stats.bytes == len(data)                 # what was imported, not the size first seen
     run("export", vault, tmp_path / "out", "--password-file", pw)
     assert (tmp_path / "out" / "db").read_bytes() == data
     assert run("fsck", vault, "--password-file", pw).returncode == 0
