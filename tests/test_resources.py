@@ -6,6 +6,7 @@ import os
 import resource
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -107,6 +108,22 @@ def test_vault_folder_that_disappears_gives_eio(mounted, tmp_path):
         held.close()
         os.rename(gone, m.vault)
     assert sorted(os.listdir(m.path)) == ["chats"]     # it comes back when the folder does
+
+
+def test_a_mount_whose_vault_folder_is_gone_can_still_be_unmounted(mounted, tmp_path):
+    """The drive was unplugged: every request fails with EIO, and the user's way
+    out is still 'e2efs status' and 'e2efs unmount', not a hunt for fusermount3."""
+    m = mounted
+    with open(m.p("a.db"), "wb") as f:
+        f.write(b"a")
+    os.rename(m.vault, str(tmp_path / "unplugged"))
+    time.sleep(1.1)                                  # past the kernel's attribute cache
+    with pytest.raises(OSError):
+        os.listdir(m.path)
+    assert m.path in m.cli("status").stdout
+    m.cli("unmount", m.path)
+    assert not os.path.ismount(m.path)
+    assert m.proc.wait(timeout=10) is not None
 
 
 def test_thousands_of_open_handles(mounted):

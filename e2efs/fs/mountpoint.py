@@ -9,16 +9,19 @@ import subprocess
 def is_mounted(path: str) -> str | None:
     """"live", "stale" (dead FUSE daemon) or None.
 
-    A stat() alone can be answered from the kernel's attribute cache for a
-    moment after the daemon died; opening the directory needs the daemon."""
+    The mount table says whether anything is mounted at ``path`` (its real
+    path); opening the directory says whether the daemon still answers: a
+    stat() alone can be answered from the kernel's attribute cache for a
+    moment after the daemon died.  A daemon that answers with an error (EIO
+    once its vault folder is gone) is live: it can still be unmounted."""
+    if fstype(path) is None:
+        return None
     try:
-        os.stat(path)
-        if not os.path.ismount(path):
-            return None
         with os.scandir(path) as entries:
             next(entries, None)
     except OSError as exc:
-        return "stale" if exc.errno == errno.ENOTCONN else None
+        if exc.errno == errno.ENOTCONN:
+            return "stale"
     return "live"
 
 
