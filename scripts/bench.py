@@ -804,6 +804,8 @@ class Bench:
         a = self.args
         want = (len(self.fss) + 2) * a.size + 4 * a.export_size + 4 * a.rand_size
         size = min(want, int(mem_available() * 0.6)) // (8 * MiB) * (8 * MiB)
+        if size <= 0:
+            return
         print(f"bench: warming {size / 2**30:.1f} GiB of memory ...", file=sys.stderr)
         zeros = bytes(8 * MiB)
         with mmap.mmap(-1, size) as memory:
