@@ -20,7 +20,7 @@ from .blocks import Layout
 from .content import ContentFile
 from .errors import CorruptData
 from .names import (
-    DIR_ID_LEN, ROOT_DIR_ID, BackingName, Kind, NameCipher, check_name, long_stem_name,
+    DIR_ID_LEN, LONG_PREFIX, ROOT_DIR_ID, BackingName, Kind, NameCipher, check_name, long_stem_name,
     parse_backing_name, side_record_name,
 )
 from .vault import Vault
@@ -56,6 +56,12 @@ class _Listing(NamedTuple):
 
 def _is_icloud_stub(fname: str) -> bool:
     return fname.startswith(".") and fname.endswith(ICLOUD_STUB)     # no entry's backing name starts with "."
+
+
+def _names_side_record(fname: str) -> bool:
+    """A long name (or its iCloud stub) is only as good as its side record,
+    which can go away on its own: such a name is never taken from the memo."""
+    return fname.startswith(LONG_PREFIX) or fname.startswith("." + LONG_PREFIX)
 
 
 class Tree:
@@ -113,7 +119,9 @@ class Tree:
             return
         if name is not None:
             if entry is None:
-                cached.entries.pop(name, None)
+                gone = cached.entries.pop(name, None)
+                if gone is not None:
+                    cached.by_backing.pop(gone.backing, None)
             else:
                 cached.entries[name] = entry
                 cached.by_backing.setdefault(entry.backing, entry)
@@ -132,10 +140,11 @@ class Tree:
         by_backing: dict[str, Entry] = {}
         stubs = []
         for fname in sorted(os.listdir(d.path)):
-            entry = known.get(fname) or self._read_entry(d, fname)
+            entry = known.get(fname) if not _names_side_record(fname) else None
+            entry = entry or self._read_entry(d, fname)
             if entry is None:
                 continue
-            by_backing[fname] = entry
+            by_backing[entry.backing] = entry
             if _is_icloud_stub(fname):
                 stubs.append(entry)
                 continue
@@ -238,7 +247,8 @@ class Tree:
         """Rename a completed temporary file into place as ``name``, replacing
         whatever non-directory held that name."""
         old = self.lookup(d, name)
-        entry = self.new_entry(d, name, kind) if old is None or old.kind is not kind else old
+        keep = old is not None and old.kind is kind and not _is_icloud_stub(old.backing)
+        entry = old if keep else self.new_entry(d, name, kind)     # a placeholder is replaced, not written into
         os.replace(temp_path, self.path(d, entry))
         self._record(d, name, entry)
         if old is not None and old.backing != entry.backing:

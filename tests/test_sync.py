@@ -146,6 +146,45 @@ def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
     assert t.read_all(t.path(t.root, listing[b"from-phone.jpg"])) == b"y"
 
 
+def test_a_rescan_still_reads_long_names_from_their_side_records(tmp_path):
+    """A long name is decrypted through its side record: one that the sync client
+    lost hides the name on the next rescan, as on a fresh mount, memo or not."""
+    vault = tmp_path / "v"
+    vault.mkdir()
+    from vaultutil import FAST_KDF
+    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
+    t = tree_of(str(vault))
+    long_name = "WhatsApp Video 2026-11-29 at 10.00.00 ".encode() * 6
+    t.write_file(t.root, long_name, [b"v"])
+    t.write_file(t.root, b"short", [b"s"])
+    assert long_name in t.entries(t.root)
+    side = [f for f in os.listdir(str(vault)) if f.startswith("_") and f.endswith(".name")]
+    assert len(side) == 1, os.listdir(str(vault))
+    os.unlink(os.path.join(str(vault), side[0]))
+    time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
+    fresh = tree_of(str(vault))
+    assert sorted(t.entries(t.root)) == sorted(fresh.entries(fresh.root)) == [b"short"]
+
+
+def test_writing_over_a_placeholder_makes_a_real_file(tmp_path):
+    """iCloud evicted a file and left '.<backing>.icloud': a new version written
+    under that name is a real ciphertext file, and the placeholder goes."""
+    vault = tmp_path / "v"
+    vault.mkdir()
+    from vaultutil import FAST_KDF
+    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
+    t = tree_of(str(vault))
+    old = t.write_file(t.root, b"chat.db", [b"old"])
+    stub = os.path.join(str(vault), f".{old.backing}.icloud")
+    os.rename(t.path(t.root, old), stub)
+    t.invalidate(t.root)
+    assert t.lookup(t.root, b"chat.db").backing == os.path.basename(stub)
+    new = t.write_file(t.root, b"chat.db", [b"new"])
+    assert new.backing == old.backing and not os.path.exists(stub)
+    fresh = tree_of(str(vault))
+    assert fresh.read_all(fresh.path(fresh.root, fresh.lookup(fresh.root, b"chat.db"))) == b"new"
+
+
 def test_placeholders_are_reported_not_garbage(mounted):
     m = mounted
     write(m.p("photo.jpg"), b"jpeg" * 1000)
