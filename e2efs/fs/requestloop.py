@@ -14,11 +14,12 @@ each file, SQLite's journal dance) the next one is looked for without
 sleeping for ``SPIN_NS`` first: a program waiting for our reply sends its
 next request within microseconds, and a sleeping daemon costs a wake-up on
 the other CPU for each of them (untar 2000 files: 2.0 -> 1.2 s, daemon CPU
-unchanged).  A gap longer than ``2 * SPIN_NS`` stops the spinning until
-requests come quickly again, so a trickle of requests costs no CPU; the
-most it can waste is ``SPIN_NS`` per request, while gaps stay in the
-narrow band between one and two ``SPIN_NS``.  The spin yields the CPU between
-polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and the
+unchanged).  A gap longer than ``2 * SPIN_NS``, or a quiet spell, stops the
+spinning until requests come quickly again: requests that come one at a
+time cost no spinning, a burst followed by a pause costs one ``SPIN_NS``,
+and the most it can waste is ``SPIN_NS`` per request while gaps stay in
+the narrow band between one and two ``SPIN_NS``.  The spin yields the CPU
+between polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and the
 kernel's writeback need the CPU to produce the next request).
 
 This replaces ``pyfuse3._wait_fuse_readable``, a private function that
@@ -74,6 +75,7 @@ class _PollingWait:
             if self.poller.poll(QUIET_MS):
                 self.spin = time.perf_counter_ns() - start < 2 * SPIN_NS
                 return True
+            self.spin = False       # after a quiet spell the next request is not spun for
         try:
             await trio.lowlevel.wait_readable(self.fd)
         except trio.ClosedResourceError:       # pyfuse3.terminate()
