@@ -16,6 +16,7 @@ from e2efs.tree import MTIME_GRAIN_NS, Tree
 from e2efs.vault import Vault
 
 from conftest import PASSWORD, Mount
+from vaultutil import FAST_KDF
 
 CONFLICT_STYLES = {
     " (1)": "Google Drive / Dropbox numbered copy",
@@ -32,6 +33,15 @@ CONFLICT_STYLES = {
 
 def tree_of(vault) -> Tree:
     return Tree(Vault.locked(vault).unlock_with_password(PASSWORD))
+
+
+def new_vault(tmp_path) -> tuple[str, Tree]:
+    """A fresh vault folder (fast KDF, 4 KiB blocks) and a Tree on it: a device
+    that writes the ciphertext directly, as a sync client delivers it."""
+    vault = tmp_path / "v"
+    vault.mkdir()
+    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
+    return str(vault), tree_of(str(vault))
 
 
 def backing_of(vault, rel: bytes) -> str:
@@ -106,17 +116,12 @@ def test_a_name_missed_while_mounted_is_found_once_synced(mounted):
 def test_change_in_the_same_mtime_tick_is_not_lost(tmp_path):
     """The listing cache trusts directory mtimes; a sync client's change in the same
     tick as ours must still be seen once the directory is quiet."""
-    m = Mount.__new__(Mount)
-    vault = tmp_path / "v"
-    vault.mkdir()
-    from vaultutil import FAST_KDF
-    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
-    t = tree_of(str(vault))
+    vault, t = new_vault(tmp_path)
     a = t.write_file(t.root, b"a", [b"1"])
     t.entries(t.root)
-    st = os.stat(str(vault))
+    st = os.stat(vault)
     shutil.copy(t.path(t.root, a), t.path(t.root, a) + " (1)")     # the sync client, same tick:
-    os.utime(str(vault), ns=(st.st_atime_ns, st.st_mtime_ns))       # mtime unchanged
+    os.utime(vault, ns=(st.st_atime_ns, st.st_mtime_ns))       # mtime unchanged
     time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
     assert b"a (1)" in t.entries(t.root)
 
@@ -125,15 +130,11 @@ def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
     """A chat app's media folder holds thousands of files: when a sync client adds
     one, or our own change goes unconfirmed for a grain, the rescan must not
     decrypt every name again (that was ~35 ms per new file in a 5000-file folder)."""
-    vault = tmp_path / "v"
-    vault.mkdir()
-    from vaultutil import FAST_KDF
-    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
-    t = tree_of(str(vault))
+    vault, t = new_vault(tmp_path)
     for i in range(50):
         t.write_file(t.root, b"IMG-%03d.jpg" % i, [b"x"])
     assert len(t.entries(t.root)) == 50
-    phone = tree_of(str(vault))
+    phone = tree_of(vault)
     phone.write_file(phone.root, b"from-phone.jpg", [b"y"])
     phone.remove(phone.root, phone.lookup(phone.root, b"IMG-000.jpg"))
     decrypted = []
@@ -149,39 +150,31 @@ def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
 def test_a_rescan_still_reads_long_names_from_their_side_records(tmp_path):
     """A long name is decrypted through its side record: one that the sync client
     lost hides the name on the next rescan, as on a fresh mount, memo or not."""
-    vault = tmp_path / "v"
-    vault.mkdir()
-    from vaultutil import FAST_KDF
-    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
-    t = tree_of(str(vault))
+    vault, t = new_vault(tmp_path)
     long_name = "WhatsApp Video 2026-11-29 at 10.00.00 ".encode() * 6
     t.write_file(t.root, long_name, [b"v"])
     t.write_file(t.root, b"short", [b"s"])
     assert long_name in t.entries(t.root)
-    side = [f for f in os.listdir(str(vault)) if f.startswith("_") and f.endswith(".name")]
-    assert len(side) == 1, os.listdir(str(vault))
-    os.unlink(os.path.join(str(vault), side[0]))
+    side = [f for f in os.listdir(vault) if f.startswith("_") and f.endswith(".name")]
+    assert len(side) == 1, os.listdir(vault)
+    os.unlink(os.path.join(vault, side[0]))
     time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
-    fresh = tree_of(str(vault))
+    fresh = tree_of(vault)
     assert sorted(t.entries(t.root)) == sorted(fresh.entries(fresh.root)) == [b"short"]
 
 
 def test_writing_over_a_placeholder_makes_a_real_file(tmp_path):
     """iCloud evicted a file and left '.<backing>.icloud': a new version written
     under that name is a real ciphertext file, and the placeholder goes."""
-    vault = tmp_path / "v"
-    vault.mkdir()
-    from vaultutil import FAST_KDF
-    Vault.create(str(vault), os.urandom(32), PASSWORD, 4096, FAST_KDF)
-    t = tree_of(str(vault))
+    vault, t = new_vault(tmp_path)
     old = t.write_file(t.root, b"chat.db", [b"old"])
-    stub = os.path.join(str(vault), f".{old.backing}.icloud")
+    stub = os.path.join(vault, f".{old.backing}.icloud")
     os.rename(t.path(t.root, old), stub)
     t.invalidate(t.root)
     assert t.lookup(t.root, b"chat.db").backing == os.path.basename(stub)
     new = t.write_file(t.root, b"chat.db", [b"new"])
     assert new.backing == old.backing and not os.path.exists(stub)
-    fresh = tree_of(str(vault))
+    fresh = tree_of(vault)
     assert fresh.read_all(fresh.path(fresh.root, fresh.lookup(fresh.root, b"chat.db"))) == b"new"
 
 
