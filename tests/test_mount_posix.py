@@ -429,6 +429,34 @@ def test_stale_mount_is_cleaned_by_next_mount(vault_mount):
     assert read(m.p("f")) == b"before crash"
 
 
+def test_unmount_leaves_a_dead_mount_of_another_file_system_alone(tmp_path):
+    """'e2efs unmount' cleans up after a dead e2efs daemon, but a dead sshfs
+    (here: a bare pyfuse3 file system killed with SIGKILL) is not its to touch."""
+    import sys
+    from e2efs.fs.mountpoint import fstype, is_mounted
+    from cli import run
+    path = str(tmp_path / "other")
+    os.mkdir(path)
+    other = subprocess.Popen([sys.executable, "-c", "import pyfuse3, sys, trio\n"
+                              "pyfuse3.init(pyfuse3.Operations(), sys.argv[1], ['fsname=other'])\n"
+                              "trio.run(pyfuse3.main)", path])
+    try:
+        deadline = time.monotonic() + 30
+        while fstype(path) is None:
+            assert other.poll() is None and time.monotonic() < deadline, "the other file system did not mount"
+            time.sleep(0.02)
+        other.kill()
+        other.wait()
+        assert is_mounted(path) == "stale"
+        done = run("unmount", path, check=False)
+        assert done.returncode == MountpointError.exit_code and "not an e2efs mount" in done.stderr
+        assert fstype(path) == "fuse"
+    finally:
+        if other.poll() is None:
+            other.kill()
+        subprocess.run(["fusermount3", "-u", "-z", path], stderr=subprocess.DEVNULL)
+
+
 def test_sigterm_unmounts_cleanly(vault_mount):
     m = vault_mount
     m.mount()

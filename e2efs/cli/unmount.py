@@ -54,16 +54,16 @@ def cmd_unmount(args) -> int:
 
 def unmount(mountpoint: str) -> int:
     state = is_mounted(mountpoint)
+    if state is None:
+        registry.remove(mountpoint)
+        raise MountpointError(f"{mountpoint} is not mounted")
+    if fstype(mountpoint) != "fuse.e2efs":     # another file system's, dead or alive, is not ours to touch
+        raise MountpointError(f"{mountpoint} is not an e2efs mount")
     if state == "stale":
         fusermount(mountpoint, lazy=True)
         registry.remove(mountpoint)
         print(f"cleaned the stale mount at {mountpoint} (its daemon had died)")
         return 0
-    if state is None:
-        registry.remove(mountpoint)
-        raise MountpointError(f"{mountpoint} is not mounted")
-    if fstype(mountpoint) != "fuse.e2efs":
-        raise MountpointError(f"{mountpoint} is not an e2efs mount")
     entry = registry.find(mountpoint)
     done = fusermount(mountpoint)
     if done.returncode != 0:
