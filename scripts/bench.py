@@ -157,6 +157,22 @@ def ratio(workload: str, row: dict) -> tuple[float | None, str | None]:
     return mine / have[best], ("cp -a" if baseline == "cp" else best)
 
 
+def run_ratios(workload: str, runs: dict) -> list[float]:
+    """The ratio of each run on its own ({fs: [value per run]}): the file systems
+    take turns within a run, so run i's values belong together, and the spread
+    of these says whether a verdict would flip on a rerun."""
+    count = min((len(v) for v in runs.values() if v), default=0)
+    ratios = (ratio(workload, {fs: v[i] for fs, v in runs.items() if len(v) > i})[0] for i in range(count))
+    return [r for r in ratios if r is not None]
+
+
+def ratio_text(r: float | None, ref: str | None, spread: list[float]) -> str:
+    if r is None:
+        return ""
+    text = f"{r:.2f}× {ref}"
+    return text + (f" ({min(spread):.2f}–{max(spread):.2f})" if len(spread) > 1 else "")
+
+
 def verdict(workload: str, row: dict) -> tuple[str, str]:
     """(target text, PASS/MISS/FAIL/–)."""
     _, unit, better, kind, value, _ = WORKLOADS[workload]
@@ -891,7 +907,7 @@ class Bench:
         a = self.args
         names = [n for n in FS_NAMES if n in a.fs]
         rows, table = [], []
-        head = ["workload", "unit", *names, "e2efs / ref", "target", "result", "e2efs CPU s", "e2efs peak RSS MiB"]
+        head = ["workload", "unit", *names, "e2efs / ref (per-run range)", "target", "result", "e2efs CPU s", "e2efs peak RSS MiB"]
         table.append("| " + " | ".join(head) + " |")
         table.append("|" + "|".join(["---", "---"] + ["---:"] * (len(names) + 1) + ["---", "---", "---:", "---:"]) + "|")
         for w, (label, unit, better, *_rest) in WORKLOADS.items():
@@ -907,15 +923,16 @@ class Bench:
                 else:
                     row[n] = median(vals)
             r, ref = ratio(w, row)
+            runs = {n: self.results[w].get(n, []) for n in names}
+            spread = run_ratios(w, runs)
             target, result = verdict(w, row)
             cpu = median(self.cpu[w].get("e2efs", []))
             rss = max(self.rss[w].get("e2efs", []), default=None)
-            rows.append(dict(workload=w, label=label, unit=unit, values=row,
-                             runs={n: self.results[w].get(n, []) for n in names},
-                             ratio=r, reference=ref, target=target, result=result, e2efs_cpu_s=cpu,
+            rows.append(dict(workload=w, label=label, unit=unit, values=row, runs=runs,
+                             ratio=r, run_ratios=spread, reference=ref, target=target, result=result, e2efs_cpu_s=cpu,
                              e2efs_peak_rss_mib=rss))
             cells = [label, unit, *[fmt(row[n], unit) for n in names],
-                     "" if r is None else f"{r:.2f}× {ref}", target, result,
+                     ratio_text(r, ref, spread), target, result,
                      "" if cpu is None else f"{cpu:.2f}", "" if rss is None else f"{rss:.0f}"]
             table.append("| " + " | ".join(cells) + " |")
         notes = []

@@ -60,3 +60,13 @@ def test_offline_rows_compare_with_cp_and_mount_is_absolute():
     assert bench.verdict("import", {"plain": 1000.0, "e2efs": 600.0})[1] == "PASS"
     assert bench.verdict("mount", {"e2efs": 0.25, "gocryptfs": 0.05})[1] == "PASS"
     assert bench.verdict("mount", {"e2efs": 0.35, "gocryptfs": 0.05})[1] == "MISS"
+
+
+def test_each_run_gives_its_own_ratio_so_the_table_shows_the_spread():
+    runs = {"plain": [9.0, 9.0, 9.0], "e2efs": [1.0, 1.2, 0.9], "gocryptfs": [2.0, 1.0, 1.0], "securefs": [1.0, 1.0]}
+    # securefs has only two runs: a third has nothing complete to compare
+    assert bench.run_ratios("untar", runs) == pytest.approx([1.0, 1.2])
+    assert bench.ratio_text(1.1, "securefs", [1.0, 1.2]) == "1.10× securefs (1.00–1.20)"
+    assert bench.ratio_text(1.1, "securefs", [1.1]) == "1.10× securefs"
+    runs["e2efs"] = ["FAIL", 1.0]
+    assert bench.run_ratios("untar", runs) == pytest.approx([1.0])
