@@ -65,12 +65,12 @@ def kill_points(base: str, n: int, rng: random.Random, stats: Stats) -> None:
         test_crash.prepare(m)
         with open(m.p("backup.db"), "wb") as f:
             f.write(os.urandom(3 << 20))
-        workloads = ["new", "trunc", "sqlite", "rename"]
+        workloads = ["new", "trunc", "sqlite", "sqlite-wal", "rename"]
         for i in range(n):
-            workload = workloads[i % 4]
+            workload = workloads[i % len(workloads)]
             try:
                 result = test_crash.crash_round(m, workload, rng, os.path.join(base, "crash"))
-                key = f"{workload}:{result['outcome'] if workload != 'sqlite' else 'ok'}"
+                key = f"{workload}:{'ok' if workload.startswith('sqlite') else result['outcome']}"
                 stats.outcomes[key] = stats.outcomes.get(key, 0) + 1
             except Exception as exc:
                 stats.anomaly(f"kill point {i} ({workload}): {exc}")

@@ -1,9 +1,11 @@
 """Crash consistency: SIGKILL the mount daemon at random points (issue 5, item 1).
 
-Four workloads run in a separate writer process against the mount while the
+Five workloads run in a separate writer process against the mount while the
 daemon is killed after a random delay: (a) a fresh multi-MiB file, (b) an
 O_TRUNC overwrite of an existing one, (c) SQLite transactions (each committed
-id is logged outside the mount), (d) a directory tree renamed back and forth.
+id is logged outside the mount) with the default rollback journal and (d) in
+WAL mode, as chat apps run their databases, (e) a directory tree renamed back
+and forth.
 After each kill the next ``e2efs mount`` must clean the stale mount, fsck must
 find nothing but crash leftovers, (a)/(b) must show the old or the complete new
 version, SQLite must pass integrity_check with every committed id, and the
@@ -55,6 +57,7 @@ elif mode == "sqlite":
         con.execute("PRAGMA journal_mode=" + sys.argv[4])
     con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB)")
     start = con.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0] + 1
+    say(f"first {start}")
     say("start")
     for i in range(start, start + 100000):
         con.execute("BEGIN")
@@ -131,7 +134,7 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
     """Run ``workload`` in a writer process, SIGKILL the daemon at a random moment,
     remount, verify.  Returns what happened; raises AssertionError on an anomaly."""
     log = os.path.join(tmp, f"writer-{workload}.log")
-    if os.path.exists(log) and workload != "sqlite":
+    if os.path.exists(log) and not workload.startswith("sqlite"):
         os.unlink(log)
     before = None
     if workload == "new":
@@ -145,9 +148,9 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
             with open(target, "rb") as f:
                 before = f.read()
         args = ["trunc", target, log, str(size), str(seed)]
-    elif workload == "sqlite":
+    elif workload.startswith("sqlite"):
         target = m.p("chat.db")
-        args = ["sqlite", target, log]
+        args = ["sqlite", target, log] + (["wal"] if workload == "sqlite-wal" else [])
     elif workload == "rename":
         target = m.p("treeA")
         args = ["rename", target, log, m.p("treeB")]
@@ -165,7 +168,7 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
                 break
             time.sleep(0.002)
         if max_delay is None:
-            max_delay = {"new": 0.05, "trunc": 0.05, "sqlite": 0.3, "rename": 0.2}[workload]
+            max_delay = {"new": 0.05, "trunc": 0.05, "sqlite": 0.3, "sqlite-wal": 0.3, "rename": 0.2}[workload]
         time.sleep(rng.uniform(0, max_delay))
         _kill_daemon(m, stale=rng.random() < 0.5)
         writer.wait(timeout=30)
@@ -194,7 +197,7 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
         outcome = "new" if got == new else ("absent" if got is None else "previous")
         if workload == "new" and got is not None:
             os.unlink(target)
-    elif workload == "sqlite":
+    elif workload.startswith("sqlite"):
         committed = {int(l.split()[1]) for l in lines if l.startswith("c ")}
         con = sqlite3.connect(target)
         try:
@@ -202,11 +205,11 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
             ids = {r[0] for r in con.execute("SELECT id FROM t")}
         finally:
             con.close()
-        # The commit point is the journal's deletion; the writer logs only after COMMIT
-        # returns, so the transaction after the last logged one may have committed too
-        # (its DELETE of i - 5 then rightly took effect).
-        maybe_committed = max(committed, default=0) + 1
-        deleted = {i - 5 for i in committed | {maybe_committed} if i % 7 == 0}
+        # The commit point is the journal's deletion (in WAL mode: the fsync of the
+        # commit frame); the writer logs only after COMMIT returns, so in every round
+        # the transaction after the last logged one may have committed too (its
+        # DELETE of i - 5 then rightly took effect).
+        deleted = {i - 5 for i in committed | _maybe_committed(lines) if i % 7 == 0}
         missing = committed - deleted - ids
         assert not missing, f"sqlite: committed ids missing after the kill: {sorted(missing)[:10]}"
         outcome = f"{len(committed)} committed"
@@ -216,6 +219,19 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
         assert _snapshot(there[0]) == expected_tree, "rename: the tree's content changed"
         outcome = os.path.basename(there[0])
     return {"workload": workload, "outcome": outcome, "writer_lines": len(lines)}
+
+
+def _maybe_committed(lines: list[str]) -> set[int]:
+    """Per writer round (each logs ``first <id>``): the id after its last logged commit."""
+    maybe, last = set(), None
+    for line in lines:
+        if line.startswith("first "):
+            if last is not None:
+                maybe.add(last + 1)
+            last = int(line.split()[1]) - 1
+        elif line.startswith("c "):
+            last = int(line.split()[1])
+    return maybe | ({last + 1} if last is not None else set())
 
 
 def _snapshot(root) -> dict:
@@ -236,7 +252,7 @@ def _verify_vault(m) -> None:
     assert not bad, f"fsck after a kill: {[(f.path, f.reason) for f in bad]}"
 
 
-@pytest.mark.parametrize("workload", ["new", "trunc", "sqlite", "rename"])
+@pytest.mark.parametrize("workload", ["new", "trunc", "sqlite", "sqlite-wal", "rename"])
 def test_sigkill_during_workload(vault_mount, tmp_path, workload):
     m = vault_mount
     m.mount()
@@ -244,7 +260,7 @@ def test_sigkill_during_workload(vault_mount, tmp_path, workload):
     with open(m.p("backup.db"), "wb") as f:
         f.write(os.urandom(3 * MIB))
     rng = random.Random(f"crash-{workload}")
-    for _ in range(2 if workload != "sqlite" else 3):
+    for _ in range(3 if workload.startswith("sqlite") else 2):
         crash_round(m, workload, rng, str(tmp_path))
     m.unmount()
 
