@@ -149,7 +149,7 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
                 before = f.read()
         args = ["trunc", target, log, str(size), str(seed)]
     elif workload.startswith("sqlite"):
-        target = m.p("chat.db")
+        target = m.p(f"{workload}.db")        # one database per log (make stress runs both)
         args = ["sqlite", target, log] + (["wal"] if workload == "sqlite-wal" else [])
     elif workload == "rename":
         target = m.p("treeA")
