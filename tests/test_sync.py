@@ -113,6 +113,33 @@ def test_a_name_missed_while_mounted_is_found_once_synced(mounted):
     assert read(mounted.p("from-phone.db")) == b"synced"
 
 
+def test_a_folder_deleted_by_the_sync_client_while_a_file_in_it_is_written(mounted):
+    """Another device deleted the folder, and the sync client removes it here while
+    an app is still writing a new file into it: the commit's rename has nowhere to
+    go.  The app's close reports it, the daemon stays up and says which file was
+    lost, nothing is left in the vault, and the rest of the mount works."""
+    m = mounted
+    os.mkdir(m.p("chats"))
+    write(m.p("keep.db"), b"kept")
+    folder = backing_of(m.vault, b"chats")
+    f = open(m.p("chats", "new.db"), "wb", buffering=0)
+    f.write(os.urandom(200_000))
+    shutil.rmtree(folder)                             # the sync client applies the deletion
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.ENOENT
+    deadline = time.monotonic() + 5                   # release (asynchronous) gives up the file
+    while "could not be saved" not in m.log_text():
+        assert time.monotonic() < deadline, m.log_text()
+        time.sleep(0.02)
+    assert m.proc.poll() is None
+    assert read(m.p("keep.db")) == b"kept"
+    write(m.p("after.db"), b"still works")
+    assert sorted(os.listdir(m.path)) == ["after.db", "keep.db"]
+    m.unmount()
+    assert chk.check(tree_of(m.vault)).findings == []
+
+
 def test_change_in_the_same_mtime_tick_is_not_lost(tmp_path):
     """The listing cache trusts directory mtimes; a sync client's change in the same
     tick as ours must still be seen once the directory is quiet."""
