@@ -52,6 +52,7 @@ class _Listing(NamedTuple):
     mtime: int                          # the backing directory's, when last validated
     entries: dict[bytes, Entry]         # by plaintext name
     by_backing: dict[str, Entry]        # by backing name, before duplicate names are told apart
+    side_named: set[str]                # the backing names among them that need a side record
 
 
 def _is_icloud_stub(fname: str) -> bool:
@@ -72,7 +73,7 @@ class Tree:
         self.names = NameCipher(vault.keys.names)
         self.root = Dir(vault.root, ROOT_DIR_ID)
         self._listings: dict[str, _Listing] = {}
-        self._unsure: set[str] = set()
+        self._unsure: dict[str, Dir] = {}      # listings with our own changes not yet confirmed
 
     # -- paths ----------------------------------------------------------------
 
@@ -98,10 +99,28 @@ class Tree:
         if cached is not None and cached.mtime == mtime:
             if d.path not in self._unsure or time.time_ns() - mtime < MTIME_GRAIN_NS:
                 return cached.entries
-        self._unsure.discard(d.path)
-        listing = self._scan(d, mtime, cached.by_backing if cached is not None else {})
+        self._unsure.pop(d.path, None)
+        listing = self._rescan(d, mtime, cached)
         self._listings[d.path] = listing
         return listing.entries
+
+    def confirm_quiet(self) -> float | None:
+        """Confirm now each listing whose directory has been quiet for a grain
+        since our last change to it (see ``_record``); the mount calls this
+        between requests, so an app that writes a file now and then into a big
+        folder does not wait for that rescan at its next create.  Returns the
+        seconds until the next unconfirmed listing is due, or None."""
+        due = None
+        for d in list(self._unsure.values()):
+            try:
+                self.entries(d)
+            except OSError:                  # the directory went away: nothing to confirm
+                self._unsure.pop(d.path, None)
+                continue
+            if d.path in self._unsure:       # changed again within the grain
+                wait = max(0.0, (self._listings[d.path].mtime + MTIME_GRAIN_NS - time.time_ns()) / 1e9)
+                due = wait if due is None else min(due, wait)
+        return due
 
     def lookup(self, d: Dir, name: bytes) -> Entry | None:
         return self.entries(d).get(name)
@@ -122,29 +141,52 @@ class Tree:
                 gone = cached.entries.pop(name, None)
                 if gone is not None:
                     cached.by_backing.pop(gone.backing, None)
+                    cached.side_named.discard(gone.backing)
             else:
                 cached.entries[name] = entry
                 cached.by_backing.setdefault(entry.backing, entry)
+                if _names_side_record(entry.backing):
+                    cached.side_named.add(entry.backing)
         self._listings[d.path] = cached._replace(mtime=os.stat(d.path).st_mtime_ns)
         # Directory mtimes are coarse (a jiffy on ext4): a sync client's change in
         # the same tick as ours leaves the mtime we just blessed.  So the listing
         # is trusted while we keep changing the directory, and rescanned once the
         # directory has been quiet for a grain: one scan per burst, not per create.
-        self._unsure.add(d.path)
+        self._unsure[d.path] = d
 
-    def _scan(self, d: Dir, mtime: int, known: dict[str, Entry]) -> _Listing:
-        """List ``d``; a backing name in ``known`` (the last scan's) is not
-        decrypted again, so a rescan of a large folder costs a listdir, not
-        thousands of AES-SIV decryptions."""
+    def _rescan(self, d: Dir, mtime: int, cached: _Listing | None) -> _Listing:
+        """List ``d`` again.  When a burst of our own changes is confirmed the
+        usual answer is "nothing else changed", found with one dict lookup a
+        name instead of a pass that rebuilds the listing (a 20,000-file folder:
+        ~11 instead of ~30 ms, most of it listdir)."""
+        names = os.listdir(d.path)
+        known = cached.by_backing if cached is not None else {}
+        if cached is not None and not cached.side_named:     # a side record can change on its own
+            others = [fname for fname in names if fname not in known]
+            if len(names) - len(others) == len(known):        # every entry we knew is still there
+                fresh = {fname: e for fname in others if (e := self._read_entry(d, fname)) is not None}
+                if not fresh:
+                    return cached._replace(mtime=mtime)
+                known = {**known, **fresh}
+        return self._scan(d, mtime, names, known)
+
+    def _scan(self, d: Dir, mtime: int, names: list[str], known: dict[str, Entry]) -> _Listing:
+        """The listing of ``d`` from ``names`` (its listdir); a backing name in
+        ``known`` (the last scan's) is not decrypted again, so a rescan of a large
+        folder costs a listdir, not thousands of AES-SIV decryptions."""
         found: dict[bytes, Entry] = {}
         by_backing: dict[str, Entry] = {}
+        side_named = set()
         stubs = []
-        for fname in sorted(os.listdir(d.path)):
-            entry = known.get(fname) if not _names_side_record(fname) else None
+        for fname in sorted(names):
+            side = _names_side_record(fname)
+            entry = known.get(fname) if not side else None
             entry = entry or self._read_entry(d, fname)
             if entry is None:
                 continue
             by_backing[entry.backing] = entry
+            if side:
+                side_named.add(entry.backing)
             if _is_icloud_stub(fname):
                 stubs.append(entry)
                 continue
@@ -155,7 +197,7 @@ class Tree:
             # iCloud evicted the file and left ".<backing>.icloud": keep the name
             # visible; opening it says why it cannot be read (EIO, one log line)
             found.setdefault(entry.name, entry)
-        return _Listing(mtime, found, by_backing)
+        return _Listing(mtime, found, by_backing, side_named)
 
     def _read_entry(self, d: Dir, fname: str) -> Entry | None:
         """The entry a backing name stands for; None for anything that is not one

@@ -78,3 +78,30 @@ async def test_request_wait_spins_only_while_requests_come_quickly():
     finally:
         os.close(r)
         os.close(w)
+
+
+async def test_work_that_waits_for_a_pause_runs_between_requests():
+    """``on_quiet`` runs once a quiet spell starts and again when it asks to, not
+    while requests come quickly; if it fails, requests are still served."""
+    from e2efs.fs import requestloop
+    r, w = os.pipe()
+    calls = []
+
+    def on_quiet():
+        calls.append(time.monotonic())
+        return 0.03 if len(calls) < 3 else None
+    try:
+        wait = requestloop._PollingWait(r, on_quiet)
+        os.write(w, b"x")
+        assert await wait() and calls == []                # a request is waiting: no pause
+        os.read(r, 1)
+        threading.Timer(0.2, os.write, (w, b"x")).start()
+        assert await wait()
+        assert len(calls) == 3 and calls[2] - calls[1] >= 0.025      # asked again after 30 ms, then done
+        os.read(r, 1)
+        wait.on_quiet = lambda: 1 / 0
+        threading.Timer(0.05, os.write, (w, b"x")).start()
+        assert await wait()
+    finally:
+        os.close(r)
+        os.close(w)

@@ -153,6 +153,24 @@ def test_change_in_the_same_mtime_tick_is_not_lost(tmp_path):
     assert b"a (1)" in t.entries(t.root)
 
 
+def test_listings_are_confirmed_in_a_pause_not_at_the_next_access(tmp_path):
+    """``confirm_quiet`` (the mount calls it between requests) does the rescan a
+    grain after our last change, so the next create does not wait for it."""
+    vault, t = new_vault(tmp_path)
+    a = t.write_file(t.root, b"a", [b"1"])
+    st = os.stat(vault)
+    shutil.copy(t.path(t.root, a), t.path(t.root, a) + " (1)")     # the sync client, same tick:
+    os.utime(vault, ns=(st.st_atime_ns, st.st_mtime_ns))       # mtime unchanged
+    due = t.confirm_quiet()
+    assert due is not None and 0 < due <= MTIME_GRAIN_NS / 1e9    # too soon after our change
+    time.sleep(due + 0.01)
+    assert t.confirm_quiet() is None                            # confirmed: nothing left to wait for
+    decrypted = []
+    real = t.names.decrypt_stem
+    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    assert b"a (1)" in t.entries(t.root) and decrypted == []    # found by the confirmation
+
+
 def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
     """A chat app's media folder holds thousands of files: when a sync client adds
     one, or our own change goes unconfirmed for a grain, the rescan must not
@@ -172,6 +190,27 @@ def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
     assert b"from-phone.jpg" in listing and b"IMG-000.jpg" not in listing and len(listing) == 50
     assert len(decrypted) == 1
     assert t.read_all(t.path(t.root, listing[b"from-phone.jpg"])) == b"y"
+
+
+def test_a_rescan_ignores_what_is_not_an_entry_and_sees_what_was_only_added(tmp_path):
+    """The rescan's shortcut (every known entry still there): junk and another
+    device's unfinished temp file change nothing, a file that was only added is
+    found, and its name is decrypted once."""
+    vault, t = new_vault(tmp_path)
+    for i in range(20):
+        t.write_file(t.root, b"IMG-%03d.jpg" % i, [b"x"])
+    before = dict(t.entries(t.root))
+    write(os.path.join(vault, "desktop.ini"), b"[.ShellClassInfo]")
+    write(os.path.join(vault, ".e2efs-tmp-0123456789abcdef"), b"half")
+    decrypted = []
+    real = t.names.decrypt_stem
+    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    assert t.entries(t.root) == before and decrypted == []
+    phone = tree_of(vault)
+    phone.write_file(phone.root, b"from-phone.jpg", [b"y"])
+    time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
+    listing = t.entries(t.root)
+    assert set(listing) == set(before) | {b"from-phone.jpg"} and len(decrypted) == 1
 
 
 def test_a_rescan_still_reads_long_names_from_their_side_records(tmp_path):

@@ -97,7 +97,7 @@ async def _serve(ops: Operations, idle_seconds: float, mountpoint: str) -> None:
         nursery.start_soon(_raise_read_ahead, ops, mountpoint)
         if idle_seconds:
             nursery.start_soon(_lock_when_idle, ops, idle_seconds)
-        await requestloop.serve()
+        await requestloop.serve(on_quiet=ops.tree.confirm_quiet)
         nursery.cancel_scope.cancel()
 
 

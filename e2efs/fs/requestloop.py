@@ -22,6 +22,10 @@ the narrow band between one and two ``SPIN_NS``.  The spin yields the CPU
 between polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and the
 kernel's writeback need the CPU to produce the next request).
 
+Work that can wait for a pause (``on_quiet``: confirming listings after a
+burst of our own changes, tree.py) runs once a quiet spell starts, and again
+when it asks to, until the next request comes: not in a request's path.
+
 This replaces ``pyfuse3._wait_fuse_readable``, a private function that
 pyfuse3's loop looks up by name on every request; without it (another
 pyfuse3), the stock loop runs and the log says so.
@@ -31,6 +35,7 @@ import logging
 import os
 import select
 import time
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -59,8 +64,9 @@ class _PollingWait:
     """Drop-in for ``pyfuse3._wait_fuse_readable``: True when a request can be
     read, False when the session is closing."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, on_quiet: Callable[[], float | None] = lambda: None):
         self.fd = fd
+        self.on_quiet = on_quiet
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
         self.served = 0
@@ -76,6 +82,27 @@ class _PollingWait:
                 self.spin = time.perf_counter_ns() - start < 2 * SPIN_NS
                 return True
             self.spin = False       # after a quiet spell the next request is not spun for
+            return await self._wait_quietly()
+        return await self._wait_in_trio()
+
+    async def _wait_quietly(self) -> bool:
+        """Wait in trio, running ``on_quiet`` now and whenever it asks to be run
+        again (it returns the seconds until then, or None) until a request comes."""
+        again = self._quiet_work()
+        while again is not None:
+            with trio.move_on_after(again):
+                return await self._wait_in_trio()
+            again = self._quiet_work()
+        return await self._wait_in_trio()
+
+    def _quiet_work(self) -> float | None:
+        try:
+            return self.on_quiet()
+        except Exception:           # deferred work must never stop the mount
+            log.exception("work between requests failed")
+            return None
+
+    async def _wait_in_trio(self) -> bool:
         try:
             await trio.lowlevel.wait_readable(self.fd)
         except trio.ClosedResourceError:       # pyfuse3.terminate()
@@ -92,8 +119,9 @@ class _PollingWait:
         return True
 
 
-async def serve() -> None:
-    """Answer requests until the file system is unmounted or terminated."""
+async def serve(on_quiet: Callable[[], float | None] = lambda: None) -> None:
+    """Answer requests until the file system is unmounted or terminated; call
+    ``on_quiet`` in pauses (see ``_PollingWait``)."""
     fd = fuse_device_fd()
     stock = getattr(pyfuse3, "_wait_fuse_readable", None)
     if fd is None or stock is None:
@@ -102,7 +130,7 @@ async def serve() -> None:
         return
     log.info("request loop: polling the FUSE device directly")
     await trio.lowlevel.checkpoint()    # tasks started before us (signal handlers) run first
-    pyfuse3._wait_fuse_readable = _PollingWait(fd)
+    pyfuse3._wait_fuse_readable = _PollingWait(fd, on_quiet)
     try:
         await pyfuse3.main(min_tasks=1, max_tasks=1)
     finally:
