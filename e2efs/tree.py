@@ -29,6 +29,7 @@ log = logging.getLogger("e2efs")
 
 TEMP_PREFIX = ".e2efs-tmp-"
 MTIME_GRAIN_NS = 50_000_000       # far coarser than any file system's mtime tick
+CONFIRM_BUDGET_S = 0.005          # confirmation work per turn between requests
 ICLOUD_STUB = ".icloud"
 MAX_SYMLINK_TARGET = 4095
 _NODE_RECORD = struct.Struct(">IQ")     # file type bits, rdev
@@ -52,7 +53,10 @@ class _Listing(NamedTuple):
     mtime: int                          # the backing directory's, when last validated
     entries: dict[bytes, Entry]         # by plaintext name
     by_backing: dict[str, Entry]        # by backing name, before duplicate names are told apart
-    side_named: set[str]                # the backing names among them that need a side record
+    # backing names a rescan's shortcut cannot vouch for: long names (their side
+    # records can change on their own), iCloud stubs and both names of a duplicate
+    # pair (removing one changes how the other shows)
+    full_scan_only: set[str]
 
 
 def _is_icloud_stub(fname: str) -> bool:
@@ -99,9 +103,9 @@ class Tree:
         if cached is not None and cached.mtime == mtime:
             if d.path not in self._unsure or time.time_ns() - mtime < MTIME_GRAIN_NS:
                 return cached.entries
-        self._unsure.pop(d.path, None)
         listing = self._rescan(d, mtime, cached)
         self._listings[d.path] = listing
+        self._unsure.pop(d.path, None)          # only now: a rescan that failed stays due
         return listing.entries
 
     def confirm_quiet(self) -> float | None:
@@ -109,13 +113,18 @@ class Tree:
         since our last change to it (see ``_record``); the mount calls this
         between requests, so an app that writes a file now and then into a big
         folder does not wait for that rescan at its next create.  Returns the
-        seconds until the next unconfirmed listing is due, or None."""
+        seconds until it should be called again (0 when it stopped at its time
+        budget), or None when no listing is left to confirm."""
         due = None
-        for d in list(self._unsure.values()):
+        stop = time.monotonic() + CONFIRM_BUDGET_S
+        for i, d in enumerate(list(self._unsure.values())):
+            if i and time.monotonic() > stop:        # at least one a turn
+                return 0.0
             try:
                 self.entries(d)
-            except OSError:                  # the directory went away: nothing to confirm
+            except OSError:       # gone (moved away?) or unreadable now: forget it, read afresh when asked
                 self._unsure.pop(d.path, None)
+                self._listings.pop(d.path, None)
                 continue
             if d.path in self._unsure:       # changed again within the grain
                 wait = max(0.0, (self._listings[d.path].mtime + MTIME_GRAIN_NS - time.time_ns()) / 1e9)
@@ -141,12 +150,12 @@ class Tree:
                 gone = cached.entries.pop(name, None)
                 if gone is not None:
                     cached.by_backing.pop(gone.backing, None)
-                    cached.side_named.discard(gone.backing)
+                    cached.full_scan_only.discard(gone.backing)
             else:
                 cached.entries[name] = entry
                 cached.by_backing.setdefault(entry.backing, entry)
                 if _names_side_record(entry.backing):
-                    cached.side_named.add(entry.backing)
+                    cached.full_scan_only.add(entry.backing)
         self._listings[d.path] = cached._replace(mtime=os.stat(d.path).st_mtime_ns)
         # Directory mtimes are coarse (a jiffy on ext4): a sync client's change in
         # the same tick as ours leaves the mtime we just blessed.  So the listing
@@ -161,7 +170,7 @@ class Tree:
         ~11 instead of ~30 ms, most of it listdir)."""
         names = os.listdir(d.path)
         known = cached.by_backing if cached is not None else {}
-        if cached is not None and not cached.side_named:     # a side record can change on its own
+        if cached is not None and not cached.full_scan_only:
             others = [fname for fname in names if fname not in known]
             if len(names) - len(others) == len(known):        # every entry we knew is still there
                 fresh = {fname: e for fname in others if (e := self._read_entry(d, fname)) is not None}
@@ -176,7 +185,7 @@ class Tree:
         folder costs a listdir, not thousands of AES-SIV decryptions."""
         found: dict[bytes, Entry] = {}
         by_backing: dict[str, Entry] = {}
-        side_named = set()
+        full_scan_only = set()
         stubs = []
         for fname in sorted(names):
             side = _names_side_record(fname)
@@ -185,19 +194,20 @@ class Tree:
             if entry is None:
                 continue
             by_backing[entry.backing] = entry
-            if side:
-                side_named.add(entry.backing)
+            if side or _is_icloud_stub(fname):
+                full_scan_only.add(fname)
             if _is_icloud_stub(fname):
                 stubs.append(entry)
                 continue
             if entry.name in found:
+                full_scan_only.update((found[entry.name].backing, fname))
                 entry = entry._replace(name=entry.name + f" (e2efs duplicate {fname[-8:]})".encode())
             found[entry.name] = entry
         for entry in stubs:
             # iCloud evicted the file and left ".<backing>.icloud": keep the name
             # visible; opening it says why it cannot be read (EIO, one log line)
             found.setdefault(entry.name, entry)
-        return _Listing(mtime, found, by_backing, side_named)
+        return _Listing(mtime, found, by_backing, full_scan_only)
 
     def _read_entry(self, d: Dir, fname: str) -> Entry | None:
         """The entry a backing name stands for; None for anything that is not one

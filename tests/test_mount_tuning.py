@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import trio
 
 from e2efs.fs.daemon import READ_AHEAD_KB, _device_of
 
@@ -80,7 +81,7 @@ async def test_request_wait_spins_only_while_requests_come_quickly():
         os.close(w)
 
 
-async def test_work_that_waits_for_a_pause_runs_between_requests():
+async def test_work_that_waits_for_a_pause_runs_between_requests(nursery):
     """``on_quiet`` runs once a quiet spell starts and again when it asks to, not
     while requests come quickly; if it fails, requests are still served."""
     from e2efs.fs import requestloop
@@ -92,6 +93,7 @@ async def test_work_that_waits_for_a_pause_runs_between_requests():
         return 0.03 if len(calls) < 3 else None
     try:
         wait = requestloop._PollingWait(r, on_quiet)
+        nursery.start_soon(wait.quiet_worker)
         os.write(w, b"x")
         assert await wait() and calls == []                # a request is waiting: no pause
         os.read(r, 1)
@@ -105,3 +107,36 @@ async def test_work_that_waits_for_a_pause_runs_between_requests():
     finally:
         os.close(r)
         os.close(w)
+
+
+async def test_terminate_during_work_in_a_pause_is_not_lost(nursery):
+    """pyfuse3.terminate() wakes only a task that is waiting on the device right
+    then: work done in a pause must never take the request loop out of its wait."""
+    from e2efs.fs import requestloop
+    for _ in range(20):
+        r, w = os.pipe()
+        turns = []
+
+        def on_quiet():
+            turns.append(1)
+            return 0.0 if len(turns) < 50 else None      # due again at once, many times
+        try:
+            wait = requestloop._PollingWait(r, on_quiet)
+            worker = trio.CancelScope()
+
+            async def run_worker():
+                with worker:
+                    await wait.quiet_worker()
+            nursery.start_soon(run_worker)
+
+            async def terminate_while_working():
+                while not turns:
+                    await trio.sleep(0)
+                trio.lowlevel.notify_closing(r)         # what pyfuse3.terminate() does
+            nursery.start_soon(terminate_while_working)
+            with trio.fail_after(2):
+                assert await wait() is False
+            worker.cancel()
+        finally:
+            os.close(r)
+            os.close(w)

@@ -23,8 +23,10 @@ between polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and t
 kernel's writeback need the CPU to produce the next request).
 
 Work that can wait for a pause (``on_quiet``: confirming listings after a
-burst of our own changes, tree.py) runs once a quiet spell starts, and again
-when it asks to, until the next request comes: not in a request's path.
+burst of our own changes, tree.py) runs in a task of its own once a quiet
+spell starts, and again when it asks to: not in a request's path.  The wait
+for the next request is never cancelled for it: ``pyfuse3.terminate()`` wakes
+only a task that is waiting at that moment.
 
 This replaces ``pyfuse3._wait_fuse_readable``, a private function that
 pyfuse3's loop looks up by name on every request; without it (another
@@ -67,6 +69,7 @@ class _PollingWait:
     def __init__(self, fd: int, on_quiet: Callable[[], float | None] = lambda: None):
         self.fd = fd
         self.on_quiet = on_quiet
+        self.quiet = trio.Event()       # set when a quiet spell starts
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
         self.served = 0
@@ -82,18 +85,25 @@ class _PollingWait:
                 self.spin = time.perf_counter_ns() - start < 2 * SPIN_NS
                 return True
             self.spin = False       # after a quiet spell the next request is not spun for
-            return await self._wait_quietly()
-        return await self._wait_in_trio()
+            self.quiet.set()
+        try:
+            await trio.lowlevel.wait_readable(self.fd)
+        except trio.ClosedResourceError:       # pyfuse3.terminate()
+            return False
+        return True
 
-    async def _wait_quietly(self) -> bool:
-        """Wait in trio, running ``on_quiet`` now and whenever it asks to be run
-        again (it returns the seconds until then, or None) until a request comes."""
-        again = self._quiet_work()
-        while again is not None:
-            with trio.move_on_after(again):
-                return await self._wait_in_trio()
+    async def quiet_worker(self) -> None:
+        """Run ``on_quiet`` when a quiet spell starts and again when it asks to
+        (it returns the seconds until then, or None); it runs while the request
+        loop waits in trio, so a request that comes meanwhile waits for one turn
+        of it at most."""
+        while True:
+            await self.quiet.wait()
+            self.quiet = trio.Event()
             again = self._quiet_work()
-        return await self._wait_in_trio()
+            while again is not None:
+                await trio.sleep(again)
+                again = self._quiet_work()
 
     def _quiet_work(self) -> float | None:
         try:
@@ -101,13 +111,6 @@ class _PollingWait:
         except Exception:           # deferred work must never stop the mount
             log.exception("work between requests failed")
             return None
-
-    async def _wait_in_trio(self) -> bool:
-        try:
-            await trio.lowlevel.wait_readable(self.fd)
-        except trio.ClosedResourceError:       # pyfuse3.terminate()
-            return False
-        return True
 
     def _spin(self, until_ns: int) -> bool:
         """True if a request arrives before ``until_ns``."""
@@ -130,8 +133,11 @@ async def serve(on_quiet: Callable[[], float | None] = lambda: None) -> None:
         return
     log.info("request loop: polling the FUSE device directly")
     await trio.lowlevel.checkpoint()    # tasks started before us (signal handlers) run first
-    pyfuse3._wait_fuse_readable = _PollingWait(fd, on_quiet)
+    wait = pyfuse3._wait_fuse_readable = _PollingWait(fd, on_quiet)
     try:
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait.quiet_worker)
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            nursery.cancel_scope.cancel()
     finally:
         pyfuse3._wait_fuse_readable = stock
