@@ -139,31 +139,34 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def reference(workload: str, row: dict) -> str | None:
+    """The file system e2efs is compared with in a row {fs: median}: the best
+    peer (or plain, for the offline rows against cp -a)."""
+    _, _, better, _, _, baseline = WORKLOADS[workload]
+    refs = {"cp": ["plain"], "peers": list(PEERS)}[baseline]
+    have = {f: row[f] for f in refs if isinstance(row.get(f), (int, float)) and row[f] > 0}
+    return (max if better == "high" else min)(have, key=have.get) if have else None
+
+
 def ratio(workload: str, row: dict) -> tuple[float | None, str | None]:
     """(e2efs / reference, reference name) for a row {fs: median}.  For times
     the ratio is e2efs time / best time, so <= target passes; for rates it is
     e2efs rate / best rate, so >= target passes."""
-    _, _, better, _, _, baseline = WORKLOADS[workload]
-    mine = row.get("e2efs")
-    if not isinstance(mine, (int, float)):
+    mine, ref = row.get("e2efs"), reference(workload, row)
+    if not isinstance(mine, (int, float)) or ref is None:
         return None, None
-    refs = {"cp": ["plain"], "peers": list(PEERS)}[baseline]
-    have = {f: row[f] for f in refs if isinstance(row.get(f), (int, float)) and row[f] > 0}
-    if not have:
-        return None, None
-    best = (max if better == "high" else min)(have, key=have.get)
-    if mine == 0 and better == "low":
-        return 0.0, best
-    return mine / have[best], ("cp -a" if baseline == "cp" else best)
+    return mine / row[ref], ("cp -a" if WORKLOADS[workload][5] == "cp" else ref)
 
 
-def run_ratios(workload: str, runs: dict) -> list[float]:
-    """The ratio of each run on its own ({fs: [value per run]}): the file systems
-    take turns within a run, so run i's values belong together, and the spread
-    of these says whether a verdict would flip on a rerun."""
-    count = min((len(v) for v in runs.values() if v), default=0)
-    ratios = (ratio(workload, {fs: v[i] for fs, v in runs.items() if len(v) > i})[0] for i in range(count))
-    return [r for r in ratios if r is not None]
+def run_ratios(workload: str, runs: dict, row: dict) -> list[float]:
+    """The ratio of each run on its own ({fs: [value per run]}) against the
+    row's reference: the file systems take turns within a run, so run i's
+    values belong together, and their spread says whether a verdict would
+    flip on a rerun."""
+    ref = reference(workload, row)
+    pairs = zip(runs.get("e2efs", []), runs.get(ref, []))
+    return [mine / theirs for mine, theirs in pairs
+            if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0]
 
 
 def ratio_text(r: float | None, ref: str | None, spread: list[float]) -> str:
@@ -625,6 +628,11 @@ class Bench:
         if hwm is not None and workload in self.args.only:
             self.rss[workload][fs.name].append(hwm)
 
+    def unmeasured(self, workloads, fs, done: dict) -> list[str]:
+        """The workloads of a group run that recorded no value since ``done``
+        (their counts before it): a failure is theirs, not the others'."""
+        return [w for w in workloads if w in self.args.only and len(self.results[w][fs.name]) == done[w]]
+
     def fail(self, workloads, fs, exc):
         msg = f"{fs.name} {'/'.join(workloads)}: {exc}"
         self.errors.append(msg)
@@ -855,12 +863,13 @@ class Bench:
                     continue
                 for fs in order:
                     print(f"bench: run {run + 1}/{a.runs} {group:8s} {fs.name}", file=sys.stderr)
+                    done = {w: len(self.results[w][fs.name]) for w in workloads}
                     try:
                         getattr(self, f"group_{group}")(fs)
                     except BenchError as exc:
-                        self.fail([w for w in workloads if w in a.only], fs, exc)
+                        self.fail(self.unmeasured(workloads, fs, done), fs, exc)
                     except subprocess.TimeoutExpired as exc:
-                        self.fail([w for w in workloads if w in a.only], fs, f"timed out: {exc.cmd[:3]}")
+                        self.fail(self.unmeasured(workloads, fs, done), fs, f"timed out: {exc.cmd[:3]}")
                     finally:
                         if fs in self.mounted:
                             try:
@@ -924,7 +933,7 @@ class Bench:
                     row[n] = median(vals)
             r, ref = ratio(w, row)
             runs = {n: self.results[w].get(n, []) for n in names}
-            spread = run_ratios(w, runs)
+            spread = run_ratios(w, runs, row)
             target, result = verdict(w, row)
             cpu = median(self.cpu[w].get("e2efs", []))
             rss = max(self.rss[w].get("e2efs", []), default=None)

@@ -62,11 +62,23 @@ def test_offline_rows_compare_with_cp_and_mount_is_absolute():
     assert bench.verdict("mount", {"e2efs": 0.35, "gocryptfs": 0.05})[1] == "MISS"
 
 
-def test_each_run_gives_its_own_ratio_so_the_table_shows_the_spread():
-    runs = {"plain": [9.0, 9.0, 9.0], "e2efs": [1.0, 1.2, 0.9], "gocryptfs": [2.0, 1.0, 1.0], "securefs": [1.0, 1.0]}
-    # securefs has only two runs: a third has nothing complete to compare
-    assert bench.run_ratios("untar", runs) == pytest.approx([1.0, 1.2])
+def test_each_run_gives_its_own_ratio_against_the_rows_reference():
+    runs = {"plain": [9.0, 9.0, 9.0], "e2efs": [1.0, 1.2, 0.9], "gocryptfs": [2.0, 0.5, 2.0], "securefs": [1.0, 1.0, 1.2]}
+    row = {fs: sorted(v)[1] for fs, v in runs.items()}     # medians: securefs is the best peer
+    assert bench.reference("untar", row) == "securefs"
+    # run 2's gocryptfs was faster, but every run is compared with the row's reference
+    assert bench.run_ratios("untar", runs, row) == pytest.approx([1.0, 1.2, 0.75])
     assert bench.ratio_text(1.1, "securefs", [1.0, 1.2]) == "1.10× securefs (1.00–1.20)"
     assert bench.ratio_text(1.1, "securefs", [1.1]) == "1.10× securefs"
     runs["e2efs"] = ["FAIL", 1.0]
-    assert bench.run_ratios("untar", runs) == pytest.approx([1.0])
+    assert bench.run_ratios("untar", runs, row) == pytest.approx([1.0])
+
+
+def test_a_group_that_fails_midway_fails_only_what_it_had_not_measured():
+    import collections
+    from types import SimpleNamespace
+    results = collections.defaultdict(lambda: collections.defaultdict(list))
+    results["sqlite"]["e2efs"] = [0.1, 0.2]
+    bench_run = SimpleNamespace(args=SimpleNamespace(only=["sqlite", "sqlitewal"]), results=results)
+    done = {"sqlite": 1, "sqlitewal": 0}           # this run measured sqlite, then WAL mode failed
+    assert bench.Bench.unmeasured(bench_run, ["sqlite", "sqlitewal"], SimpleNamespace(name="e2efs"), done) == ["sqlitewal"]

@@ -54,7 +54,8 @@ elif mode == "sqlite":
     con = sqlite3.connect(path, timeout=1, isolation_level=None)
     con.execute("PRAGMA synchronous=FULL")
     if len(sys.argv) > 4:
-        con.execute("PRAGMA journal_mode=" + sys.argv[4])
+        say("mode " + con.execute("PRAGMA journal_mode=" + sys.argv[4]).fetchone()[0])
+        con.execute("PRAGMA wal_autocheckpoint=32")     # kills land in checkpoints too
     con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB)")
     start = con.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0] + 1
     say(f"first {start}")
@@ -160,10 +161,11 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
         expected_tree = _snapshot(target)
     else:
         raise ValueError(workload)
+    starts = _log_lines(log).count("start")        # the SQLite logs run on over rounds
     writer = subprocess.Popen([sys.executable, "-c", WRITER, *args], stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while "start" not in _log_lines(log)[-1:] and not any(l == "start" for l in _log_lines(log)[-3:]):
+        while _log_lines(log).count("start") == starts:
             if time.monotonic() > deadline or writer.poll() is not None:
                 break
             time.sleep(0.002)
@@ -212,6 +214,10 @@ def crash_round(m, workload: str, rng: random.Random, tmp, max_delay: float | No
         deleted = {i - 5 for i in committed | _maybe_committed(lines) if i % 7 == 0}
         missing = committed - deleted - ids
         assert not missing, f"sqlite: committed ids missing after the kill: {sorted(missing)[:10]}"
+        kept = ids & {i - 5 for i in committed if i % 7 == 0}
+        assert not kept, f"sqlite: rows a committed transaction deleted are back: {sorted(kept)[:10]}"
+        if workload == "sqlite-wal":
+            assert set(l for l in lines if l.startswith("mode ")) == {"mode wal"}, "the writer did not run in WAL mode"
         outcome = f"{len(committed)} committed"
     else:
         there = [p for p in (m.p("treeA"), m.p("treeB")) if os.path.isdir(p)]
@@ -261,7 +267,9 @@ def test_sigkill_during_workload(vault_mount, tmp_path, workload):
         f.write(os.urandom(3 * MIB))
     rng = random.Random(f"crash-{workload}")
     for _ in range(3 if workload.startswith("sqlite") else 2):
-        crash_round(m, workload, rng, str(tmp_path))
+        result = crash_round(m, workload, rng, str(tmp_path))
+    if workload.startswith("sqlite"):          # the kills must have met transactions
+        assert int(result["outcome"].split()[0]) > 0, result
     m.unmount()
 
 
