@@ -129,7 +129,7 @@ def test_a_folder_deleted_by_the_sync_client_while_a_file_in_it_is_written(mount
         f.close()
     assert e.value.errno == errno.ENOENT
     deadline = time.monotonic() + 5                   # release (asynchronous) gives up the file
-    while "could not be saved" not in m.log_text():
+    while "it was a new file, now lost" not in m.log_text():
         assert time.monotonic() < deadline, m.log_text()
         time.sleep(0.02)
     assert m.proc.poll() is None

@@ -147,6 +147,7 @@ class OpenFiles:
     def _abandon(self, node: Node, why: BaseException) -> None:
         """A new version that could not be committed (disk full, vault gone): drop
         its temp file so the previous version (or no file) is what the mount shows."""
+        temp = f"inode {node.ino}"
         try:
             temp = self.inodes.path(node)
             self.tree.discard_temp(self.inodes.dir(node.temp[0]), temp)
@@ -162,8 +163,8 @@ class OpenFiles:
                 self.inodes.set_backing(node, os.lstat(self.inodes.path(node)).st_ino)
             except OSError:
                 pass
-        log.error("a new version of %s could not be saved (%s): the previous version is kept",
-                  temp, getattr(why, "strerror", None) or why)
+        log.error("a new version of %s could not be saved (%s): %s", temp, getattr(why, "strerror", None) or why,
+                  "the previous version is kept" if node.links else "it was a new file, now lost")
 
     def close_all(self) -> None:
         """At unmount: every file still open reaches the vault."""
