@@ -60,12 +60,14 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
         log.info("unmounted %s; key wiped from memory", mountpoint)
 
 
-async def _raise_read_ahead(ops: Operations, mountpoint: str) -> None:
+def raise_read_ahead(mountpoint: str) -> None:
     """Let the kernel read ahead 1 MiB instead of 128 KiB: fewer, larger READ
     requests, each a single preadv + decrypt of a run of blocks (PYFUSE3_NOTES:
-    cold reads ~1000 -> ~1800 MB/s). Only after INIT: the kernel caps read-ahead
-    at the negotiated value then. Needs root; without it reads still work."""
-    await ops.connected.wait()
+    cold reads ~1000 -> ~1800 MB/s).  Only after INIT, since the kernel caps
+    read-ahead at the negotiated value then, and before the next request: a
+    file takes the read-ahead it is opened with, so a program that opened its
+    file first would read all of it in 128 KiB requests.  Needs root; without
+    it reads still work."""
     device = _device_of(mountpoint)
     if device is None:
         log.info("read-ahead left at the default (%s not in mountinfo)", mountpoint)
@@ -94,10 +96,9 @@ def _device_of(mountpoint: str) -> str | None:
 async def _serve(ops: Operations, idle_seconds: float, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
-        nursery.start_soon(_raise_read_ahead, ops, mountpoint)
         if idle_seconds:
             nursery.start_soon(_lock_when_idle, ops, idle_seconds)
-        await requestloop.serve(on_quiet=ops.tree.confirm_quiet)
+        await requestloop.serve(on_quiet=ops.tree.confirm_quiet, after_init=lambda: raise_read_ahead(mountpoint))
         nursery.cancel_scope.cancel()
 
 

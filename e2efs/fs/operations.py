@@ -14,7 +14,6 @@ import stat
 import time
 
 import pyfuse3
-import trio
 from pyfuse3 import FUSEError
 
 from .. import undo
@@ -143,12 +142,6 @@ class Operations(pyfuse3.Operations):
         self._dir_handles: dict[int, tuple[int, list[bytes] | None]] = {}
         self._next_dir_handle = 1
         self._owner = os.geteuid() == 0
-        self.connected = trio.Event()
-
-    def init(self):
-        """pyfuse3 calls this while answering the kernel's INIT; the reply is sent
-        right after, so a task waiting on ``connected`` runs once it is negotiated."""
-        self.connected.set()
 
     # -- helpers --------------------------------------------------------------
 

@@ -22,6 +22,10 @@ the narrow band between one and two ``SPIN_NS``.  The spin yields the CPU
 between polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and the
 kernel's writeback need the CPU to produce the next request).
 
+``after_init`` runs once the INIT exchange is over, before the next request
+is read (the read-ahead: the kernel caps it at INIT, and a file keeps what
+it is opened with).
+
 Work that can wait for a pause (``on_quiet``: confirming listings after a
 burst of our own changes, tree.py) runs in a task of its own once a quiet
 spell starts, and again when it asks to: not in a request's path.  The wait
@@ -66,9 +70,11 @@ class _PollingWait:
     """Drop-in for ``pyfuse3._wait_fuse_readable``: True when a request can be
     read, False when the session is closing."""
 
-    def __init__(self, fd: int, on_quiet: Callable[[], float | None] = lambda: None):
+    def __init__(self, fd: int, on_quiet: Callable[[], float | None] = lambda: None,
+                 after_init: Callable[[], None] = lambda: None):
         self.fd = fd
         self.on_quiet = on_quiet
+        self.after_init = after_init
         self.quiet = trio.Event()       # set when a quiet spell starts
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
@@ -77,6 +83,8 @@ class _PollingWait:
 
     async def __call__(self) -> bool:
         self.served += 1
+        if self.served == 2:        # the first request, INIT, is answered
+            _guarded(self.after_init)
         if self.served % YIELD_EVERY:
             start = time.perf_counter_ns()
             if self.spin and self._spin(start + SPIN_NS):
@@ -100,17 +108,10 @@ class _PollingWait:
         while True:
             await self.quiet.wait()
             self.quiet = trio.Event()
-            again = self._quiet_work()
+            again = _guarded(self.on_quiet)
             while again is not None:
                 await trio.sleep(again)
-                again = self._quiet_work()
-
-    def _quiet_work(self) -> float | None:
-        try:
-            return self.on_quiet()
-        except Exception:           # deferred work must never stop the mount
-            log.exception("work between requests failed")
-            return None
+                again = _guarded(self.on_quiet)
 
     def _spin(self, until_ns: int) -> bool:
         """True if a request arrives before ``until_ns``."""
@@ -122,18 +123,30 @@ class _PollingWait:
         return True
 
 
-async def serve(on_quiet: Callable[[], float | None] = lambda: None) -> None:
+def _guarded(work):
+    """Work of ours run from the request loop must never stop the mount."""
+    try:
+        return work()
+    except Exception:
+        log.exception("work between requests failed")
+        return None
+
+
+async def serve(on_quiet: Callable[[], float | None] = lambda: None,
+                after_init: Callable[[], None] = lambda: None) -> None:
     """Answer requests until the file system is unmounted or terminated; call
-    ``on_quiet`` in pauses (see ``_PollingWait``)."""
+    ``after_init`` once INIT is answered and ``on_quiet`` in pauses (see
+    ``_PollingWait``; pyfuse3's own loop, the fallback, calls neither)."""
     fd = fuse_device_fd()
     stock = getattr(pyfuse3, "_wait_fuse_readable", None)
     if fd is None or stock is None:
-        log.info("request loop: pyfuse3's own (no FUSE descriptor or no wait hook found)")
+        log.info("request loop: pyfuse3's own (no FUSE descriptor or no wait hook found); "
+                 "read-ahead left at the default")
         await pyfuse3.main()
         return
     log.info("request loop: polling the FUSE device directly")
     await trio.lowlevel.checkpoint()    # tasks started before us (signal handlers) run first
-    wait = pyfuse3._wait_fuse_readable = _PollingWait(fd, on_quiet)
+    wait = pyfuse3._wait_fuse_readable = _PollingWait(fd, on_quiet, after_init)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wait.quiet_worker)
