@@ -649,6 +649,9 @@ class Bench:
         self.record("write", fs, a.size / 1e6 / t)
         self.record_rss("write", fs)
         fs.remount()
+        # the cold read fills a page cache as large as the file, in memory that the
+        # remount's drop_caches just freed (see warm_memory): take it back first
+        self.warm_memory(a.size + a.size // 2, quiet=True)
         t = self.timed(fs, "read", lambda: dd(f, "/dev/null", "1M"))
         check_sha(f, self.big_sha, "sequential read-back")   # re-read: what the cold read saw
         self.record("read", fs, a.size / 1e6 / t)
@@ -828,18 +831,22 @@ class Bench:
             fs.unmount()
 
     # -- the whole run
-    def warm_memory(self):
-        """Touch as much memory as the run will hold, then free it, before timing
-        anything.  On a VM whose memory the host backs lazily (Firecracker, say),
-        the first write to a never-used page costs ~5x a later one (3 GiB into
-        tmpfs: 7.0 s, then 1.4 s), and that cost would land on whichever file
-        system happened to run first."""
+    def warm_memory(self, want: int | None = None, quiet: bool = False):
+        """Touch as much memory as the run will hold (or ``want`` bytes), then
+        free it, before timing anything.  On a VM whose memory the host backs
+        lazily (Firecracker, say), the first write to a never-used page costs ~5x
+        a later one (3 GiB into tmpfs: 7.0 s, then 1.4 s), and that cost would
+        land on whichever file system happened to run first.  With the balloon's
+        free page reporting, memory freed for a few seconds (drop_caches!) is
+        handed back to the host and costs that again."""
         a = self.args
-        want = (len(self.fss) + 2) * a.size + 4 * a.export_size + 4 * a.rand_size
+        if want is None:
+            want = (len(self.fss) + 2) * a.size + 4 * a.export_size + 4 * a.rand_size
         size = min(want, int(mem_available() * 0.6)) // (8 * MiB) * (8 * MiB)
         if size <= 0:
             return
-        print(f"bench: warming {size / 2**30:.1f} GiB of memory ...", file=sys.stderr)
+        if not quiet:
+            print(f"bench: warming {size / 2**30:.1f} GiB of memory ...", file=sys.stderr)
         zeros = bytes(8 * MiB)
         try:
             with mmap.mmap(-1, size) as memory:
