@@ -194,9 +194,10 @@ class Tree:
             if entry is None:
                 continue
             by_backing[entry.backing] = entry
-            if side or _is_icloud_stub(fname):
+            stub = _is_icloud_stub(fname)
+            if side or stub:
                 full_scan_only.add(fname)
-            if _is_icloud_stub(fname):
+            if stub:
                 stubs.append(entry)
                 continue
             if entry.name in found:
