@@ -44,6 +44,14 @@ def new_vault(tmp_path) -> tuple[str, Tree]:
     return str(vault), tree_of(str(vault))
 
 
+def decryptions(t: Tree) -> list[str]:
+    """The stems ``t`` decrypts from now on, in order (a list that grows)."""
+    decrypted = []
+    real = t.names.decrypt_stem
+    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    return decrypted
+
+
 def backing_of(vault, rel: bytes) -> str:
     t = tree_of(vault)
     d, e = t.resolve(rel)
@@ -166,9 +174,7 @@ def test_listings_are_confirmed_in_a_pause_not_at_the_next_access(tmp_path):
         assert due <= MTIME_GRAIN_NS / 1e9                      # too soon after our change
         time.sleep(due + 0.01)
     assert t.confirm_quiet() is None                            # confirmed: nothing left to wait for
-    decrypted = []
-    real = t.names.decrypt_stem
-    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    decrypted = decryptions(t)
     assert b"a (1)" in t.entries(t.root) and decrypted == []    # found by the confirmation
 
 
@@ -221,9 +227,7 @@ def test_a_rescan_decrypts_only_the_names_it_has_not_seen(tmp_path):
     phone = tree_of(vault)
     phone.write_file(phone.root, b"from-phone.jpg", [b"y"])
     phone.remove(phone.root, phone.lookup(phone.root, b"IMG-000.jpg"))
-    decrypted = []
-    real = t.names.decrypt_stem
-    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    decrypted = decryptions(t)
     time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)
     listing = t.entries(t.root)
     assert b"from-phone.jpg" in listing and b"IMG-000.jpg" not in listing and len(listing) == 50
@@ -241,9 +245,7 @@ def test_a_rescan_ignores_what_is_not_an_entry_and_sees_what_was_only_added(tmp_
     before = dict(t.entries(t.root))
     write(os.path.join(vault, "desktop.ini"), b"[.ShellClassInfo]")
     write(os.path.join(vault, ".e2efs-tmp-0123456789abcdef"), b"half")
-    decrypted = []
-    real = t.names.decrypt_stem
-    t.names.decrypt_stem = lambda dir_id, stem: decrypted.append(stem) or real(dir_id, stem)
+    decrypted = decryptions(t)
     assert t.entries(t.root) == before and decrypted == []
     phone = tree_of(vault)
     phone.write_file(phone.root, b"from-phone.jpg", [b"y"])
