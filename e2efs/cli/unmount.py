@@ -12,7 +12,7 @@ import time
 
 from ..errors import E2efsError, MountFailed, MountpointError, UsageError
 from ..fs import registry
-from ..fs.mountpoint import fstype, fusermount, is_mounted
+from ..fs.mountpoint import daemon_state, fstype, fusermount
 
 UNMOUNT_WAIT_SECONDS = 120
 
@@ -53,13 +53,13 @@ def cmd_unmount(args) -> int:
 
 
 def unmount(mountpoint: str) -> int:
-    state = is_mounted(mountpoint)
-    if state is None:
+    kind = fstype(mountpoint)
+    if kind is None:
         registry.remove(mountpoint)
         raise MountpointError(f"{mountpoint} is not mounted")
-    if fstype(mountpoint) != "fuse.e2efs":     # another file system's, dead or alive, is not ours to touch
+    if kind != "fuse.e2efs":     # another file system's, dead or alive, is not ours to touch
         raise MountpointError(f"{mountpoint} is not an e2efs mount")
-    if state == "stale":
+    if daemon_state(mountpoint) == "stale":
         fusermount(mountpoint, lazy=True)
         registry.remove(mountpoint)
         print(f"cleaned the stale mount at {mountpoint} (its daemon had died)")

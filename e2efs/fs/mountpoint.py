@@ -12,10 +12,14 @@ def is_mounted(path: str) -> str | None:
     The mount table says whether anything is mounted at ``path`` (its real
     path); opening the directory says whether the daemon still answers: a
     stat() alone can be answered from the kernel's attribute cache for a
-    moment after the daemon died.  A daemon that answers with an error (EIO
-    once its vault folder is gone) is live: it can still be unmounted."""
-    if fstype(path) is None:
-        return None
+    moment after the daemon died."""
+    return None if fstype(path) is None else daemon_state(path)
+
+
+def daemon_state(path: str) -> str:
+    """"live" or "stale" for a path the mount table lists.  A daemon that
+    answers with an error (EIO once its vault folder is gone) is live: it can
+    still be unmounted."""
     try:
         with os.scandir(path) as entries:
             next(entries, None)
