@@ -269,6 +269,10 @@ class ContentFile:
         if not data:
             return 0
         bs = self.layout.block_size
+        if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
+            # left over by a write that failed (disk full): written now, or this
+            # write is refused too; never held in memory without bound
+            self._seal_all_before(self._last_index())
         end = offset + len(data)
         old_last = self._last_index()
         self._size = max(self._size, end)

@@ -10,7 +10,8 @@ overwritten, the bytes it held are copied to an undo record in the vault's
 (the end of ``ContentFile.flush``).  Whoever opens the vault next for writing
 finds any record a dead process left and restores the file: exactly as it was
 at its last flush, or, if the flush had finished its writes, cut to its new
-size.  Records hold ciphertext only and need no key.
+size.  A live writer whose flush cannot complete (disk full) does the same at
+once (``roll_back``).  Records hold ciphertext only and need no key.
 
 A live record is ``flock``ed by its writer; ``recover`` skips those.  Each
 record names its file by vault-relative path and content file ID, so a record
@@ -114,6 +115,14 @@ class UndoLog:
             self.active = False
             self.saved.clear()
             self.end = 0
+
+    def roll_back(self) -> bool:
+        """Make the file consistent now, as ``recover`` would at the next mount,
+        after a flush that cannot complete (disk full): True if it went back to
+        its last flush, False if the change was written whole after all."""
+        reverted = _restore(Record(self.fd), self.fd, self.target_fd)
+        self.settled()
+        return reverted
 
     def close(self, keep: bool = False) -> None:
         """Done with the file; ``keep`` leaves an unfinished round for ``recover``."""
@@ -385,17 +394,25 @@ def _apply(vault_root: str, fd: int, label: str) -> tuple[str | None, bool]:
     try:
         if os.pread(tfd, len(record.file_id), FILE_ID_OFFSET) != record.file_id:
             return None, True           # another file took the name since
-        if record.done:
-            os.ftruncate(tfd, record.done)
-            os.fsync(tfd)
-            return f"{record.target}: finished an interrupted write", True
+        if _restore(record, fd, tfd):
+            return f"{record.target}: rolled back an interrupted write to its last flush", True
+        return f"{record.target}: finished an interrupted write", True
+    finally:
+        os.close(tfd)
+
+
+def _restore(record: Record, fd: int, tfd: int) -> bool:
+    """Make file ``tfd`` consistent as ``record`` (read from ``fd``) says: cut to
+    the new size if the change was written whole (False), else its saved bytes
+    put back and the old size (True)."""
+    if record.done:
+        os.ftruncate(tfd, record.done)
+    else:
         for offset, at, length in record.ranges:
             _copy(fd, at, tfd, offset, length)
         os.ftruncate(tfd, record.base)
-        os.fsync(tfd)
-        return f"{record.target}: rolled back an interrupted write to its last flush", True
-    finally:
-        os.close(tfd)
+    os.fsync(tfd)
+    return not record.done
 
 
 def _open_beneath(vault_root: str, parts: list[str]) -> int:

@@ -69,6 +69,40 @@ def test_full_disk_gives_enospc_and_keeps_the_previous_version(tmpfs_vault):
     assert report.findings == []
 
 
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_writing_on_past_a_full_disk_neither_grows_the_daemon_nor_tears_the_file(tmpfs_vault):
+    """A long write into a file already in the vault, past a full disk: the data
+    the vault has no room for is refused, not held in the daemon's memory for a
+    retry (a backup into a full drive would grow it until the OOM killer took the
+    mount down), and at close the file goes back to its last flush at once, not
+    at the next mount (this mount would show a file failing authentication)."""
+    m = tmpfs_vault
+    m.mount()
+    flushed = os.urandom(MIB)
+    with open(m.p("media.bin"), "wb") as f:
+        f.write(flushed)
+        os.fsync(f.fileno())                          # in place from here on, under an undo record
+    before = _peak_rss_mib(m.proc.pid)
+    chunk = os.urandom(MIB)
+    with pytest.raises(OSError) as e:
+        with open(m.p("media.bin"), "ab") as f:
+            for _ in range(96):                       # 12 times what the 8 MiB drive holds
+                f.write(chunk)
+    assert e.value.errno == errno.ENOSPC
+    assert _peak_rss_mib(m.proc.pid) - before < 24
+    with open(m.p("media.bin"), "rb") as f:
+        assert f.read() == flushed
+    assert "could not be saved (No space left on device): the file is back at its last flush" in m.log_text()
+    assert shutil.disk_usage(m.vault).free > 6 * MIB   # the refused data's space is given back
+    assert m.proc.poll() is None
+    m.unmount()
+    assert chk.check(Tree(Vault.locked(m.vault).unlock_with_password(PASSWORD))).findings == []
+
+
 def test_read_only_vault_folder_mounts_read_only(tmpfs_vault):
     m = tmpfs_vault
     m.mount()

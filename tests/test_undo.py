@@ -399,3 +399,35 @@ def test_disk_full_while_sealing_a_run_keeps_its_blocks_pending(tmp_path):
     os.close(f.fd)
     got = _read(path)           # authentic; the failed run's blocks were written by the flush
     assert got is not None and got[:3 * BS] == old[:BS] + new[:2 * BS]
+
+
+def test_roll_back_in_process_restores_the_last_flush(tmp_path):
+    """The mount's way out of a flush that cannot complete (disk full): the writer
+    itself puts the file back at its last flush, as ``recover`` would later."""
+    path = tmp_path / "f"
+    old = _old_file(path, 5 * BS + 100)
+    f = _with_undo(tmp_path, path)
+    real_pwrite = os.pwrite
+    written = []
+
+    def fills_up(fd, data, offset):
+        if fd == f.fd:
+            written.append(offset)
+            if len(written) > 1:                  # the first block goes in, then the disk is full
+                raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    os.pwrite = fills_up
+    try:
+        with pytest.raises(OSError):
+            f.write(BS + 10, random.Random(9).randbytes(3 * BS))
+            f.flush()
+    finally:
+        os.pwrite = real_pwrite
+    assert _read(path) != old                    # half changed: the first rewritten block is new
+    assert f.undo.roll_back() is True
+    assert not f.undo.active
+    f.undo.close()
+    f.undo.records.close()
+    os.close(f.fd)
+    assert _read(path) == old
+    assert undo.recover(str(tmp_path)) == []     # nothing left for the next mount

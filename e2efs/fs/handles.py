@@ -20,6 +20,12 @@ from .inodes import InodeTable, Node, backing_signature
 log = logging.getLogger("e2efs")
 
 
+class ChangeLost(Exception):
+    """The last changes to a file could not be saved (disk full, vault gone) and
+    the vault holds its previous version (or no file): the kernel's size and
+    pages for the inode are not what the vault holds.  ``__cause__`` says why."""
+
+
 @dataclass(eq=False)
 class OpenFile:
     node: Node
@@ -129,20 +135,43 @@ class OpenFiles:
         of.refs -= 1
         if of.refs:
             return
-        failed = True
+        unfinished = True
         try:
             self.commit(of)
             of.node.cache_sig = backing_signature(os.fstat(of.fd))
-            failed = False
+            unfinished = False
         except BaseException as exc:
             if of.node.temp is not None:
                 self._abandon(of.node, exc)
+                raise ChangeLost() from exc
+            if isinstance(exc, OSError) and of.content.undo is not None and of.content.undo.active:
+                reverted = self._roll_back(of, exc)
+                unfinished = reverted is None
+                if reverted:
+                    raise ChangeLost() from exc
             raise
         finally:
             del self.files[ino]
             if of.content.undo is not None:
-                of.content.undo.close(keep=failed)     # an unfinished flush: the next mount rolls it back
+                of.content.undo.close(keep=unfinished)     # the next mount rolls it back
             os.close(of.fd)
+
+    def _roll_back(self, of: OpenFile, why: OSError) -> bool | None:
+        """A change in place whose last flush failed (disk full) is undone now, not
+        at the next mount: until then this mount would show a file that fails
+        authentication.  True if the file is back at its last flush, False if the
+        change had been written whole, None if undoing failed too."""
+        try:
+            reverted = of.content.undo.roll_back()
+        except OSError as exc:
+            log.error("a change to %s could not be saved (%s), nor undone yet (%s): the next mount rolls it back",
+                      of.content.label, why.strerror or why, exc.strerror or exc)
+            return None
+        if reverted:
+            of.node.cache_sig = None      # the kernel's pages hold the lost change
+            log.error("a change to %s could not be saved (%s): the file is back at its last flush",
+                      of.content.label, why.strerror or why)
+        return reverted
 
     def _abandon(self, node: Node, why: BaseException) -> None:
         """A new version that could not be committed (disk full, vault gone): drop
@@ -167,10 +196,16 @@ class OpenFiles:
                   "the previous version is kept" if node.links else "it was a new file, now lost")
 
     def close_all(self) -> None:
-        """At unmount: every file still open reaches the vault."""
+        """At unmount: every file still open reaches the vault; one that cannot
+        (disk full) does not keep the others from it."""
         try:
             for ino in list(self.files):
                 self.files[ino].refs = 1
-                self.release(ino)
+                try:
+                    self.release(ino)
+                except ChangeLost:
+                    pass                    # logged, and the vault holds the previous version
+                except Exception as exc:
+                    log.error("inode %d could not be saved at unmount: %s", ino, getattr(exc, "strerror", None) or exc)
         finally:
             self.records.close()

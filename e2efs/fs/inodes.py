@@ -52,11 +52,14 @@ class InodeTable:
         self._pending: dict[int, set[bytes]] = {}     # parent -> names that are only temp files
         self._by_backing: dict[int, int] = {}
         self._dirs: dict[int, Dir] = {pyfuse3.ROOT_INODE: tree.root}
+        self._retired: set[int] = set()        # numbers the kernel may still use, see ``retire``
         self._next = pyfuse3.ROOT_INODE + 1
 
     def get(self, ino: int) -> Node:
         node = self.nodes.get(ino)
         if node is None:
+            if ino in self._retired:
+                raise OSError(errno.ESTALE, f"inode {ino} was retired")
             raise FileNotFoundError(errno.ENOENT, f"inode {ino} is unknown")
         return node
 
@@ -159,10 +162,20 @@ class InodeTable:
     def forget(self, ino: int, count: int, is_open: bool) -> None:
         node = self.nodes.get(ino)
         if node is None or ino == pyfuse3.ROOT_INODE:
+            self._retired.discard(ino)
             return
         node.lookups = max(0, node.lookups - count)
         if node.lookups == 0 and not is_open:
             self.evict(node)
+
+    def retire(self, node: Node) -> None:
+        """Drop a node whose number the kernel must stop using: it holds a size and
+        pages the vault does not (a change lost to a full disk), and with the
+        writeback cache it trusts its own size.  Requests on the number get
+        ESTALE, on which open and stat look the name up afresh, and the name gets
+        a new number showing what the vault holds."""
+        self.evict(node)
+        self._retired.add(node.ino)
 
     def evict(self, node: Node) -> None:
         """Drop a node the kernel no longer knows; the tree still holds it."""

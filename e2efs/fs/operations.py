@@ -21,7 +21,7 @@ from ..errors import CorruptData
 from ..names import Kind, check_name
 from ..tree import TEMP_PREFIX, Tree
 from ..vault import fsync_dir
-from .handles import OpenFiles
+from .handles import ChangeLost, OpenFiles
 from .inodes import InodeTable, Node, backing_signature
 from .mountpoint import vault_read_only
 
@@ -530,20 +530,14 @@ class Operations(pyfuse3.Operations):
     @_guarded
     def release(self, fh):
         node = self.inodes.nodes.get(fh)
-        pending = node is not None and node.temp is not None
         links = list(node.links) if node is not None else []
         try:
             self.files.release(fh)
-        except BaseException:
-            if pending and node.temp is None:
-                # The new version was dropped (disk full): the kernel still holds its
-                # size and pages under this inode number, and with the writeback cache
-                # it trusts its own size.  Retire the number; the name is looked up
-                # afresh and gets a new inode showing what the vault really holds.
-                self.inodes.evict(node)
-                for parent, name in links:
-                    try:
-                        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-                    except Exception:
-                        pass
-            raise
+        except ChangeLost as lost:       # the kernel holds the lost version's size and pages
+            self.inodes.retire(node)
+            for parent, name in links:
+                try:
+                    pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+                except Exception:
+                    pass
+            raise lost.__cause__ from None
