@@ -51,6 +51,8 @@ WORKLOADS = collections.OrderedDict([
     ("write",    ("sequential write (dd bs=1M conv=fsync)", "MB/s", "high", "ratio", 1.5, "peers")),
     ("read",     ("sequential read, cold (remount + drop caches)", "MB/s", "high", "ratio", 1.0, "peers")),
     ("appwrite", ("4 KiB application writes (dd bs=4k conv=fsync)", "MB/s", "high", "ratio", 1.0, "peers")),
+    ("rssgrowth", ("e2efs daemon RSS growth during a long write (after its first --size)", "MiB", "low", "abs",
+                   8, "peers")),
     ("untar",    ("untar small files + sync", "s", "low", "ratio", 1.0, "peers")),
     ("ls",       ("ls -lR after remount", "s", "low", "ratio", 1.0, "peers")),
     ("find",     ("find -type f after remount", "s", "low", "ratio", 1.0, "peers")),
@@ -66,6 +68,7 @@ WORKLOADS = collections.OrderedDict([
 ])
 GROUPS = collections.OrderedDict([
     ("seq", ("write", "read", "appwrite")),
+    ("memory", ("rssgrowth",)),
     ("tree", ("untar", "ls", "find", "rm")),
     ("sqlite", ("sqlite", "sqlitewal")),
     ("random", ("random",)),
@@ -92,6 +95,8 @@ def parse_size(text: str) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, help="sequential file size (default 1G; --quick 64M)")
+    p.add_argument("--long-size", type=parse_size,
+                   help="the long write the daemon's memory must not grow over (default 10G; --quick 256M)")
     p.add_argument("--rand-size", type=parse_size, help="random-I/O file size (default 256M; --quick 32M)")
     p.add_argument("--rand-ops", type=int, help="random 4 KiB operations per run (default 16384; --quick 2000)")
     p.add_argument("--files", type=int, help="small files in the tree (default 2000; --quick 200)")
@@ -110,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
     a = p.parse_args(argv)
     quick = a.quick
-    defaults = dict(size=64 * MiB if quick else 1 << 30, rand_size=32 * MiB if quick else 256 * MiB,
+    defaults = dict(size=64 * MiB if quick else 1 << 30, long_size=256 * MiB if quick else 10 << 30, rand_size=32 * MiB if quick else 256 * MiB,
                     rand_ops=2000 if quick else 16384, files=200 if quick else 2000,
                     rows=1000 if quick else 10000, transactions=10 if quick else 100, runs=1 if quick else 3)
     for k, v in defaults.items():
@@ -125,8 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.fs = [f.strip() for f in a.fs.split(",")]
     if any(f not in FS_NAMES for f in a.fs):
         p.error(f"--fs takes some of {', '.join(FS_NAMES)}")
-    if a.size < MiB or a.size % MiB or a.rand_size < MiB or a.rand_size % MiB:
-        p.error("--size and --rand-size must be whole MiB")
+    if a.size < MiB or a.size % MiB or a.rand_size < MiB or a.rand_size % MiB or a.long_size % MiB:
+        p.error("--size, --long-size and --rand-size must be whole MiB")
+    if a.long_size <= a.size:
+        p.error("--long-size must be larger than --size")
     if a.runs < 1 or a.files < 1 or a.transactions < 1 or a.rows < a.transactions:
         p.error("--runs, --files, --transactions must be >= 1 and --rows >= --transactions")
     return a
@@ -268,11 +275,12 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def proc_hwm_mib(pid: int | None) -> float | None:
+def proc_hwm_mib(pid: int | None, field: str = "VmHWM") -> float | None:
+    """Peak RSS of ``pid`` in MiB (``field`` "VmRSS": the current one)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except (OSError, TypeError):
         pass
@@ -666,6 +674,43 @@ class Bench:
             os.unlink(f)
         fs.unmount()
 
+    def group_memory(self, fs):
+        """The e2efs daemon's RSS over a --long-size sequential write: the first
+        --size brings it to its working size, and the rest must not grow it
+        (a leak per block or per request would show here, not in the 1 GiB
+        peak).  One file where the backing has room, else files of --size in
+        turn, each deleted once the next is written."""
+        if fs.name != "e2efs":
+            return
+        a = self.args
+        room = shutil.disk_usage(fs.cipher).free
+        if not a.backing:
+            room = min(room, mem_available())
+        per_file = a.long_size if room > a.long_size + 2 * a.size else a.size
+        self.long_write_files = a.long_size // per_file
+        chunk = os.urandom(MiB)
+        fs.mount()
+        written, after_first, previous = 0, None, None
+        while written < a.long_size:
+            path = os.path.join(fs.mnt, f"long-{written // per_file}.bin")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for _ in range(per_file // MiB):
+                    os.write(fd, chunk)
+                    written += MiB
+                    if written == a.size:
+                        after_first = proc_hwm_mib(fs.pid, "VmRSS")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if previous:
+                os.unlink(previous)
+            previous = path
+        self.record("rssgrowth", fs, proc_hwm_mib(fs.pid, "VmRSS") - after_first)
+        self.record_rss("rssgrowth", fs)
+        os.unlink(previous)
+        fs.unmount()
+
     def group_tree(self, fs):
         a = self.args
         tree = os.path.join(fs.mnt, "tree")
@@ -957,7 +1002,9 @@ class Bench:
             rss = wr["e2efs_peak_rss_mib"]
             notes.append(f"e2efs daemon peak RSS while writing {a.size // MiB} MiB: {rss:.0f} MiB "
                          f"(target ≤ {RSS_TARGET_MIB} MiB: {'PASS' if rss <= RSS_TARGET_MIB else 'MISS'})")
-        sizes = (f"sizes: sequential {a.size // MiB} MiB, random file {a.rand_size // MiB} MiB × {a.rand_ops} ops "
+        sizes = (f"sizes: sequential {a.size // MiB} MiB, long write {a.long_size // MiB} MiB"
+                 + (f" ({getattr(self, 'long_write_files', 1)} files)" if getattr(self, "long_write_files", 1) > 1 else "")
+                 + f", random file {a.rand_size // MiB} MiB × {a.rand_ops} ops "
                  f"({'fio psync' if self.fio else 'Python pread/pwrite'}), tree {a.files} files in {a.dirs} dirs "
                  f"({self.tree_bytes / MiB:.0f} MiB), SQLite {a.rows} rows / {a.transactions} transactions, "
                  f"offline tree {getattr(self, 'offline_bytes', 0) / MiB:.0f} MiB; "

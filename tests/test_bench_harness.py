@@ -21,13 +21,15 @@ def test_sizes_parse_binary_units():
 def test_defaults_match_the_issue_and_quick_is_small():
     a = bench.parse_args([])
     assert (a.size, a.rand_size, a.files, a.rows, a.transactions, a.runs) == (1 << 30, 256 << 20, 2000, 10000, 100, 3)
+    assert a.long_size == 10 << 30           # "no growth over a 10 GiB write"
     assert a.only == list(bench.WORKLOADS) and a.export_size == a.size
     q = bench.parse_args(["--quick", "--files", "50"])
-    assert q.runs == 1 and q.size < a.size and q.files == 50
+    assert q.runs == 1 and q.size < a.size and q.files == 50 and q.size < q.long_size < a.long_size
 
 
 def test_bad_arguments_are_usage_errors():
-    for argv in (["--only", "write,nope"], ["--fs", "cryfs"], ["--size", "1500K"], ["--runs", "0"]):
+    for argv in (["--only", "write,nope"], ["--fs", "cryfs"], ["--size", "1500K"], ["--runs", "0"],
+                 ["--long-size", "512M"]):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
 
