@@ -5,6 +5,7 @@ import errno
 import os
 import resource
 import shutil
+import sqlite3
 import subprocess
 import time
 
@@ -99,6 +100,58 @@ def test_writing_on_past_a_full_disk_neither_grows_the_daemon_nor_tears_the_file
     assert "could not be saved (No space left on device): the file is back at its last flush" in m.log_text()
     assert shutil.disk_usage(m.vault).free > 6 * MIB   # the refused data's space is given back
     assert m.proc.poll() is None
+    m.unmount()
+    assert chk.check(Tree(Vault.locked(m.vault).unlock_with_password(PASSWORD))).findings == []
+
+
+def _fill(m, prefix: str) -> list[str]:
+    """Fill the drive with committed files of 256 KiB until one does not fit (it
+    is dropped whole); their names, to free the space again."""
+    names = []
+    for i in range(1000):
+        name = m.p(f"{prefix}{i}")
+        try:
+            with open(name, "wb") as f:
+                f.write(os.urandom(256 << 10))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+            return names
+        names.append(name)
+    raise AssertionError("the drive never filled up")
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_sqlite_on_a_full_drive_keeps_every_commit(tmpfs_vault, journal):
+    """A chat app's database when the drive fills: a commit fails (SQLITE_IOERR: with
+    the writeback cache ENOSPC comes at fsync), and once space is back the database
+    is intact in the same mount, with every committed row.  Before the undo at
+    close, the rollback-journal database read "disk I/O error" until a remount."""
+    m = tmpfs_vault
+    m.mount()
+    db = m.p("msgstore.db")
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute(f"PRAGMA journal_mode={journal}")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB)")
+    filler = _fill(m, "filler")
+    committed = 0
+    with pytest.raises(sqlite3.OperationalError, match="full|disk I/O error"):
+        for _ in range(2000):
+            con.execute("BEGIN")
+            for _ in range(8):
+                con.execute("INSERT INTO messages (body) VALUES (?)", (os.urandom(4000),))
+            con.execute("COMMIT")
+            committed += 8
+    con.close()
+    assert m.proc.poll() is None
+    for name in filler:
+        os.unlink(name)
+    con = sqlite3.connect(db, isolation_level=None)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == committed
+    con.execute("INSERT INTO messages (body) VALUES (x'00')")      # and it takes new rows again
+    con.close()
+    assert "failed authentication" not in m.log_text()
     m.unmount()
     assert chk.check(Tree(Vault.locked(m.vault).unlock_with_password(PASSWORD))).findings == []
 
