@@ -197,7 +197,13 @@ class ContentFile:
     def _put(self, index: int, plain: bytes, final: bool) -> None:
         out = scratch(len(plain) + BLOCK_OVERHEAD)
         self._cipher.seal_into(index, plain, final, out, os.urandom(NONCE_LEN))
-        self._pwrite_all(out, self.layout.block_offset(index))
+        try:
+            self._pwrite_all(out, self.layout.block_offset(index))
+        except BaseException:
+            if index not in self._dirty:      # possibly torn on disk now: only a rewrite repairs it,
+                self._dirty[index] = bytearray(plain)     # and the clean cache may drop its copy
+                self._clean.pop(index, None)
+            raise
 
     def _pwrite_all(self, view: memoryview, offset: int) -> None:
         if self.undo is not None:
@@ -331,10 +337,15 @@ class ContentFile:
             self._current(i)
             self._clean.pop(i, None)
 
+    @property
+    def unflushed(self) -> bool:
+        """Does the file hold changes that are not on disk as a complete file yet?"""
+        return bool(self._dirty) or self._flushed_size != self._size or self._disk_final != self._last_index()
+
     def flush(self) -> None:
         """Write every pending block and leave a complete, authentic file on disk."""
         last = self._last_index()
-        if self._dirty or self._flushed_size != self._size or self._disk_final != last:
+        if self.unflushed:
             self._seal_all_before(last)
             if last in self._dirty or self._disk_final != last or self._flushed_size != self._size:
                 tail = self._current(last)

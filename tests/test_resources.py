@@ -104,6 +104,35 @@ def test_writing_on_past_a_full_disk_neither_grows_the_daemon_nor_tears_the_file
     assert chk.check(Tree(Vault.locked(m.vault).unlock_with_password(PASSWORD))).findings == []
 
 
+def test_a_change_refused_before_any_block_was_overwritten_is_not_shown(tmpfs_vault):
+    """The drive is already full, so not even the undo record can start and the
+    file on disk is untouched: the mount must show it so, not the refused data
+    the kernel still holds (another program appending after it would otherwise
+    commit zeros where that data was)."""
+    m = tmpfs_vault
+    m.mount()
+    old = os.urandom(3 * 4096)
+    with open(m.p("a.db"), "wb") as f:
+        f.write(old)
+    filler = os.path.join(os.path.dirname(m.vault), "filler")   # beside the vault: the drive, full
+    with pytest.raises(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(bytes(64 << 10))
+    with pytest.raises(OSError) as e:
+        with open(m.p("a.db"), "ab") as f:
+            f.write(os.urandom(2 * MIB))
+    assert e.value.errno == errno.ENOSPC
+    os.unlink(filler)
+    with open(m.p("a.db"), "rb") as f:
+        assert f.read() == old
+    with open(m.p("a.db"), "ab") as f:
+        f.write(b"tail\n")
+    assert "could not be saved (No space left on device): the file is as at its last flush" in m.log_text()
+    m.remount()
+    with open(m.p("a.db"), "rb") as f:
+        assert f.read() == old + b"tail\n"
+
+
 def _fill(m, prefix: str) -> list[str]:
     """Fill the drive with committed files of 256 KiB until one does not fit (it
     is dropped whole); their names, to free the space again."""

@@ -431,3 +431,38 @@ def test_roll_back_in_process_restores_the_last_flush(tmp_path):
     os.close(f.fd)
     assert _read(path) == old
     assert undo.recover(str(tmp_path)) == []     # nothing left for the next mount
+
+
+def test_a_block_torn_while_resealed_stays_pending(tmp_path):
+    """Growth reseals the old final block as non-final; a short write there (disk
+    full) tears it on disk, and its plaintext must stay pending, not only in the
+    clean cache that later small writes push it out of: once space is back the
+    flush completes."""
+    path = tmp_path / "f"
+    old = _old_file(path, 40 * BS + 100)
+    f = _with_undo(tmp_path, path)
+    f.write(45 * BS, b"x" * 10)                     # block 40 must become non-final
+    real_pwrite = os.pwrite
+    torn_at = f.layout.block_offset(40)
+
+    def short_write(fd, data, offset):
+        if fd == f.fd and offset == torn_at:
+            real_pwrite(fd, bytes(data)[:BS // 2], offset)      # the part that fits
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    os.pwrite = short_write
+    try:
+        with pytest.raises(OSError):
+            f.flush()
+    finally:
+        os.pwrite = real_pwrite
+    for i in range(20):                              # SQLite-like page writes elsewhere
+        f.write(i * BS + 1, b"y")
+    f.flush()                                        # space is back
+    f.undo.close()
+    f.undo.records.close()
+    os.close(f.fd)
+    want = bytearray(old + bytes(45 * BS - len(old)) + b"x" * 10)
+    for i in range(20):
+        want[i * BS + 1] = ord("y")
+    assert _read(path) == bytes(want)

@@ -8,6 +8,7 @@ rename, link), so a crash mid-write leaves the previous version intact; once
 in place, its changes are covered by an undo log until each flush.
 """
 
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class OpenFiles:
         self.read_only = read_only
         self.files: dict[int, OpenFile] = {}
         self.records = RecordFiles(tree.root.path)
+        self._needs_recovery: set[int] = set()     # backing inodes whose undo record could not be applied
 
     def get(self, ino: int) -> OpenFile:
         return self.files[ino]
@@ -56,6 +58,9 @@ class OpenFiles:
         if of is not None:
             of.refs += 1
             return of
+        if node.backing_ino in self._needs_recovery:
+            # changed in place now, it would be rolled back over by the record at the next mount
+            raise OSError(errno.EIO, "an interrupted write waits for the next mount to roll it back")
         # read-write even for O_WRONLY/O_RDONLY: the writeback cache reads
         # partial pages of write-only files
         content = self.tree.open_content(self.inodes.path(node), writable=not self.read_only)
@@ -135,43 +140,48 @@ class OpenFiles:
         of.refs -= 1
         if of.refs:
             return
-        unfinished = True
+        keep_record = True
         try:
             self.commit(of)
             of.node.cache_sig = backing_signature(os.fstat(of.fd))
-            unfinished = False
-        except BaseException as exc:
+            keep_record = False
+        except Exception as exc:
             if of.node.temp is not None:
                 self._abandon(of.node, exc)
                 raise ChangeLost() from exc
-            if isinstance(exc, OSError) and of.content.undo is not None and of.content.undo.active:
-                reverted = self._roll_back(of, exc)
-                unfinished = reverted is None
-                if reverted:
-                    raise ChangeLost() from exc
+            keep_record, lost = self._undo_failed_flush(of, exc)
+            if lost:
+                raise ChangeLost() from exc
             raise
         finally:
             del self.files[ino]
             if of.content.undo is not None:
-                of.content.undo.close(keep=unfinished)     # the next mount rolls it back
+                of.content.undo.close(keep=keep_record)     # the next mount rolls it back
             os.close(of.fd)
 
-    def _roll_back(self, of: OpenFile, why: OSError) -> bool | None:
-        """A change in place whose last flush failed (disk full) is undone now, not
-        at the next mount: until then this mount would show a file that fails
-        authentication.  True if the file is back at its last flush, False if the
-        change had been written whole, None if undoing failed too."""
+    def _undo_failed_flush(self, of: OpenFile, why: Exception) -> tuple[bool, bool]:
+        """A file in place whose last flush failed (disk full) goes back to that
+        flush now, with its undo record, not at the next mount: until then this
+        mount would show a file that fails authentication.  Returns (keep the
+        record for the next mount, the changes are lost)."""
+        label, reason = of.content.label, getattr(why, "strerror", None) or why
+        undo = of.content.undo
+        if undo is None or not undo.active:      # nothing was overwritten
+            if not of.content.unflushed:
+                return False, False
+            log.error("a change to %s could not be saved (%s): the file is as at its last flush", label, reason)
+            return False, True
         try:
-            reverted = of.content.undo.roll_back()
-        except OSError as exc:
-            log.error("a change to %s could not be saved (%s), nor undone yet (%s): the next mount rolls it back",
-                      of.content.label, why.strerror or why, exc.strerror or exc)
-            return None
+            reverted = undo.roll_back()
+        except Exception as exc:
+            if of.node.backing_ino is not None:
+                self._needs_recovery.add(of.node.backing_ino)
+            log.error("a change to %s could not be saved (%s), nor undone (%s): the file cannot be opened "
+                      "until the next mount rolls it back", label, reason, getattr(exc, "strerror", None) or exc)
+            return True, True
         if reverted:
-            of.node.cache_sig = None      # the kernel's pages hold the lost change
-            log.error("a change to %s could not be saved (%s): the file is back at its last flush",
-                      of.content.label, why.strerror or why)
-        return reverted
+            log.error("a change to %s could not be saved (%s): the file is back at its last flush", label, reason)
+        return False, reverted
 
     def _abandon(self, node: Node, why: BaseException) -> None:
         """A new version that could not be committed (disk full, vault gone): drop

@@ -535,6 +535,10 @@ class Operations(pyfuse3.Operations):
             self.files.release(fh)
         except ChangeLost as lost:       # the kernel holds the lost version's size and pages
             self.inodes.retire(node)
+            try:
+                pyfuse3.invalidate_inode(fh, attr_only=True)     # a stat now meets ESTALE, not the lost size
+            except OSError:
+                pass
             for parent, name in links:
                 try:
                     pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)

@@ -1,0 +1,48 @@
+"""Open files without FUSE (fs/handles.py): what release does when a file's last
+flush fails and even its undo record cannot be applied."""
+
+import errno
+import os
+
+import pyfuse3
+import pytest
+
+from e2efs.fs.handles import ChangeLost, OpenFiles
+from e2efs.fs.inodes import InodeTable
+from e2efs.names import Kind
+from e2efs.undo import UndoLog, left_behind
+
+from vaultutil import make_tree
+
+
+def test_a_file_whose_record_could_not_be_applied_is_not_opened_again(tmp_path, monkeypatch):
+    """Changed in place and flushed now, it would be rolled back over by the kept
+    record at the next mount: refused (EIO) until then."""
+    tree = make_tree(tmp_path / "vault")
+    inodes = InodeTable(tree)
+    files = OpenFiles(tree, inodes, read_only=False)
+    node = inodes.new(Kind.FILE)
+    of = files.open_new(node, pyfuse3.ROOT_INODE, 0o600, None)
+    inodes.add_link(node, (pyfuse3.ROOT_INODE, b"chat.db"), None)
+    of.content.write(0, os.urandom(3 * 4096))
+    files.commit(of)                                 # in place from here on
+    of.content.write(4096 + 10, os.urandom(100))       # pending until the flush
+    real_pwrite = os.pwrite
+
+    def full_disk(fd, data, offset):
+        if fd == of.fd:
+            real_pwrite(fd, bytes(data)[:100], offset)      # torn
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    monkeypatch.setattr(os, "pwrite", full_disk)
+
+    def unreadable(self):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(UndoLog, "roll_back", unreadable)
+    with pytest.raises(ChangeLost):
+        files.release(node.ino)
+    monkeypatch.undo()
+    assert len(left_behind(tree.root.path)) == 1     # kept for the next mount
+    with pytest.raises(OSError) as e:
+        files.open(node)
+    assert e.value.errno == errno.EIO
