@@ -9,6 +9,7 @@ whose content was replaced by a committed temporary file keeps its number.
 
 import errno
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -17,6 +18,14 @@ from ..names import ROOT_DIR_ID, Kind
 from ..tree import Dir, Entry, Tree
 
 Link = tuple[int, bytes]            # (parent inode, plaintext name)
+
+# The kernel keeps an inode, and so we keep a node (~1.1 KB), for every file
+# it has looked up, until memory pressure: 100,000 files written would hold
+# ~120 MiB of the daemon's (locked) memory.  Past this many file nodes the
+# kernel is asked to drop the least recently used ones' entries, and its
+# FORGETs free them.
+MAX_FILE_NODES = int(os.environ.get("E2EFS_TEST_MAX_FILE_NODES", 20_000))     # the variable: tests only
+FORGET_BATCH = MAX_FILE_NODES // 10
 
 
 def backing_signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -53,6 +62,7 @@ class InodeTable:
         self._by_backing: dict[int, int] = {}
         self._dirs: dict[int, Dir] = {pyfuse3.ROOT_INODE: tree.root}
         self._retired: set[int] = set()        # numbers the kernel may still use, see ``retire``
+        self._recent: OrderedDict[int, None] = OrderedDict()   # file nodes, least recently looked up first
         self._next = pyfuse3.ROOT_INODE + 1
 
     def get(self, ino: int) -> Node:
@@ -159,6 +169,28 @@ class InodeTable:
         per parent: a listing must not walk every name the mount knows)."""
         return frozenset(self._pending.get(parent, ()))
 
+    def looked_up(self, node: Node) -> None:
+        """The kernel took one more reference to ``node`` (a lookup, a create, a
+        readdirplus entry)."""
+        node.lookups += 1
+        if node.kind is not Kind.DIR:
+            self._recent[node.ino] = None
+            self._recent.move_to_end(node.ino)
+
+    def to_forget(self, open_files) -> list[Link]:
+        """Past ``MAX_FILE_NODES``, the links of the least recently looked-up file
+        nodes (not open) for the kernel to drop; folders stay (their files pin
+        them anyway)."""
+        if len(self._recent) <= MAX_FILE_NODES:
+            return []
+        links: list[Link] = []
+        while len(self._recent) > MAX_FILE_NODES - FORGET_BATCH:
+            ino, _ = self._recent.popitem(last=False)
+            node = self.nodes.get(ino)
+            if node is not None and ino not in open_files:
+                links.extend(node.links)
+        return links
+
     def forget(self, ino: int, count: int, is_open: bool) -> None:
         node = self.nodes.get(ino)
         if node is None or ino == pyfuse3.ROOT_INODE:
@@ -184,3 +216,4 @@ class InodeTable:
         if node.backing_ino is not None:
             self._by_backing.pop(node.backing_ino, None)
         self.nodes.pop(node.ino, None)
+        self._recent.pop(node.ino, None)

@@ -212,8 +212,16 @@ class Operations(pyfuse3.Operations):
 
     def _looked_up(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         attrs = self._attrs(node, st)
-        node.lookups += 1
+        self.inodes.looked_up(node)
+        self._forget_old_files()
         return attrs
+
+    def _forget_old_files(self) -> None:
+        """Keep the daemon's memory bounded however many files the kernel holds
+        (inodes.MAX_FILE_NODES): it is asked to drop the oldest entries, and its
+        FORGETs free their nodes."""
+        for parent, name in self.inodes.to_forget(self.files.files):
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
     def _new_entry(self, parent: int, name: bytes, entry, ctx) -> pyfuse3.EntryAttributes:
         """Register an entry this mount just created and answer with its attributes."""
@@ -329,8 +337,9 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, names[i], self._attrs(node, st), i + 1):
                 if node.lookups == 0 and node.ino not in self.files.files:
                     self.inodes.evict(node)
-                return
-            node.lookups += 1
+                break
+            self.inodes.looked_up(node)
+        self._forget_old_files()
 
     @_guarded
     def releasedir(self, fh):
