@@ -1,8 +1,12 @@
-"""The inode table without FUSE (fs/inodes.py): which nodes the kernel is asked to drop."""
+"""The inode table without FUSE (fs/inodes.py): which nodes the kernel is asked to
+drop, and that asking never logs a plaintext name."""
+
+import logging
 
 import pyfuse3
 
 from e2efs.fs import inodes
+from e2efs.fs.daemon import _NoPlaintextNames
 from e2efs.fs.inodes import InodeTable
 from e2efs.names import Kind
 
@@ -32,3 +36,17 @@ def test_past_the_limit_the_least_recently_looked_up_files_go_first(tmp_path, mo
     assert table.to_forget(open_files={}) == []              # asked once; the FORGETs free them
     table.forget(files[1].ino, 1, is_open=False)
     assert files[1].ino not in table.nodes
+
+
+def test_a_failed_invalidation_is_logged_without_the_name(caplog):
+    """pyfuse3's notify thread logs the entry's name when an invalidation fails
+    (at unmount, say); the daemon's filter keeps it out of every log."""
+    logger = logging.getLogger("pyfuse3")
+    logger.addFilter(_NoPlaintextNames())
+    try:
+        with caplog.at_level(logging.ERROR, logger="pyfuse3"):
+            logger.error("Failed to submit invalidate_entry request for parent inode %d, name %s", 7,
+                         b"IMG-secret-holiday.jpg")
+    finally:
+        logger.filters.clear()
+    assert "secret" not in caplog.text and "parent inode 7" in caplog.text

@@ -25,6 +25,17 @@ IDLE_CHECK_SECONDS = 5.0
 READ_AHEAD_KB = 1024
 
 
+class _NoPlaintextNames(logging.Filter):
+    """pyfuse3 logs a failed asynchronous entry invalidation with the entry's
+    name; a plaintext name never goes to a log (the mount invalidates entries
+    of every file past inodes.MAX_FILE_NODES)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Failed to submit invalidate_entry"):
+            record.msg, record.args = "could not invalidate an entry of parent inode %d", record.args[:1]
+        return True
+
+
 def mount_options(vault_root: str, read_only: bool, allow_other: bool) -> set[str]:
     """``mount`` shows the vault folder as the source (option syntax permitting)."""
     source = vault_root if not set(vault_root) & set(",\\ \t\n") else "e2efs"
@@ -42,6 +53,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     The caller locks its memory (``memlock.protect``) before importing this
     module: the ~0.15 s of imports must not run with the key in unlocked memory."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
+    logging.getLogger("pyfuse3").addFilter(_NoPlaintextNames())
     memlock.keep_buffers_mapped()
     ops = Operations(Tree(vault), read_only)
     try:
