@@ -28,11 +28,20 @@ READ_AHEAD_KB = 1024
 class _NoPlaintextNames(logging.Filter):
     """pyfuse3 logs a failed asynchronous entry invalidation with the entry's
     name; a plaintext name never goes to a log (the mount invalidates entries
-    of every file past inodes.MAX_FILE_NODES)."""
+    of every file past inodes.MAX_FILE_NODES).  Once the session is closing
+    (``serving`` False), the invalidations still queued all fail harmlessly:
+    those records are dropped, not logged with a traceback each."""
+
+    def __init__(self):
+        super().__init__()
+        self.serving = True
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Failed to submit invalidate_entry"):
-            record.msg, record.args = "could not invalidate an entry of parent inode %d", record.args[:1]
+        if not (isinstance(record.msg, str) and record.msg.startswith("Failed to submit invalidate_entry")):
+            return True
+        if not self.serving:
+            return False
+        record.msg, record.args = "could not invalidate an entry of parent inode %d", record.args[:1]
         return True
 
 
@@ -53,7 +62,8 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     The caller locks its memory (``memlock.protect``) before importing this
     module: the ~0.15 s of imports must not run with the key in unlocked memory."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
-    logging.getLogger("pyfuse3").addFilter(_NoPlaintextNames())
+    names_filter = _NoPlaintextNames()
+    logging.getLogger("pyfuse3").addFilter(names_filter)
     memlock.keep_buffers_mapped()
     ops = Operations(Tree(vault), read_only)
     try:
@@ -64,6 +74,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
         ready()
         trio.run(_serve, ops, idle_seconds, mountpoint)
     finally:
+        names_filter.serving = False
         try:
             ops.files.close_all()
         finally:
