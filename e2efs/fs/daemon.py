@@ -25,26 +25,6 @@ IDLE_CHECK_SECONDS = 5.0
 READ_AHEAD_KB = 1024
 
 
-class _NoPlaintextNames(logging.Filter):
-    """pyfuse3 logs a failed asynchronous entry invalidation with the entry's
-    name; a plaintext name never goes to a log (the mount invalidates entries
-    of every file past inodes.MAX_FILE_NODES).  Once the session is closing
-    (``serving`` False), the invalidations still queued all fail harmlessly:
-    those records are dropped, not logged with a traceback each."""
-
-    def __init__(self):
-        super().__init__()
-        self.serving = True
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not (isinstance(record.msg, str) and record.msg.startswith("Failed to submit invalidate_entry")):
-            return True
-        if not self.serving:
-            return False
-        record.msg, record.args = "could not invalidate an entry of parent inode %d", record.args[:1]
-        return True
-
-
 def mount_options(vault_root: str, read_only: bool, allow_other: bool) -> set[str]:
     """``mount`` shows the vault folder as the source (option syntax permitting)."""
     source = vault_root if not set(vault_root) & set(",\\ \t\n") else "e2efs"
@@ -62,8 +42,6 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     The caller locks its memory (``memlock.protect``) before importing this
     module: the ~0.15 s of imports must not run with the key in unlocked memory."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
-    names_filter = _NoPlaintextNames()
-    logging.getLogger("pyfuse3").addFilter(names_filter)
     memlock.keep_buffers_mapped()
     ops = Operations(Tree(vault), read_only)
     try:
@@ -74,7 +52,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
         ready()
         trio.run(_serve, ops, idle_seconds, mountpoint)
     finally:
-        names_filter.serving = False
+        ops.invalidator.close()
         try:
             ops.files.close_all()
         finally:
@@ -118,19 +96,26 @@ def _device_of(mountpoint: str) -> str | None:
 
 async def _serve(ops: Operations, idle_seconds: float, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals)
+        nursery.start_soon(_on_signals, ops)
         if idle_seconds:
             nursery.start_soon(_lock_when_idle, ops, idle_seconds)
         await requestloop.serve(on_quiet=ops.tree.confirm_quiet, after_init=lambda: raise_read_ahead(mountpoint))
         nursery.cancel_scope.cancel()
 
 
-async def _on_signals() -> None:
+async def _on_signals(ops: Operations) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
+            await _stop_answering(ops)
             return
+
+
+async def _stop_answering(ops: Operations) -> None:
+    """End the request loop; no entry invalidation may still be waiting on a
+    request then (notify.py)."""
+    await ops.invalidator.stop()
+    pyfuse3.terminate()
 
 
 async def _lock_when_idle(ops: Operations, idle_seconds: float) -> None:
@@ -139,5 +124,5 @@ async def _lock_when_idle(ops: Operations, idle_seconds: float) -> None:
         idle = time.monotonic() - ops.last_access
         if idle >= idle_seconds and not ops.files.files:
             log.info("idle for %.0f s: locking", idle)
-            pyfuse3.terminate()
+            await _stop_answering(ops)
             return

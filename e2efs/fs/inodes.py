@@ -25,7 +25,7 @@ Link = tuple[int, bytes]            # (parent inode, plaintext name)
 # kernel is asked to drop the least recently used ones' entries, and its
 # FORGETs free them.
 MAX_FILE_NODES = int(os.environ.get("E2EFS_TEST_MAX_FILE_NODES", 20_000))     # the variable: tests only
-FORGET_BATCH = MAX_FILE_NODES // 10
+FORGET_BATCH = max(1, MAX_FILE_NODES // 10)
 
 
 def backing_signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -179,16 +179,17 @@ class InodeTable:
 
     def to_forget(self, open_files) -> list[Link]:
         """Past ``MAX_FILE_NODES``, the links of the least recently looked-up file
-        nodes (not open) for the kernel to drop; folders stay (their files pin
-        them anyway)."""
+        nodes for the kernel to drop (an open one goes to the back of the line
+        instead); folders are not counted: their files pin them anyway."""
         if len(self._recent) <= MAX_FILE_NODES:
             return []
         links: list[Link] = []
-        while len(self._recent) > MAX_FILE_NODES - FORGET_BATCH:
+        for _ in range(len(self._recent) - (MAX_FILE_NODES - FORGET_BATCH)):
             ino, _ = self._recent.popitem(last=False)
-            node = self.nodes.get(ino)
-            if node is not None and ino not in open_files:
-                links.extend(node.links)
+            if ino in open_files:
+                self._recent[ino] = None
+            else:
+                links.extend(self.nodes[ino].links)
         return links
 
     def forget(self, ino: int, count: int, is_open: bool) -> None:

@@ -24,6 +24,7 @@ from ..vault import fsync_dir
 from .handles import ChangeLost, OpenFiles
 from .inodes import InodeTable, Node, backing_signature
 from .mountpoint import vault_read_only
+from .notify import EntryInvalidator
 
 log = logging.getLogger("e2efs")
 
@@ -138,6 +139,7 @@ class Operations(pyfuse3.Operations):
         self.read_only = read_only
         self.inodes = InodeTable(tree)
         self.files = OpenFiles(tree, self.inodes, read_only)
+        self.invalidator = EntryInvalidator()      # the daemon stops it before it stops answering
         self.last_access = time.monotonic()
         self._dir_handles: dict[int, tuple[int, list[bytes] | None]] = {}
         self._next_dir_handle = 1
@@ -221,7 +223,7 @@ class Operations(pyfuse3.Operations):
         (inodes.MAX_FILE_NODES): it is asked to drop the oldest entries, and its
         FORGETs free their nodes."""
         for parent, name in self.inodes.to_forget(self.files.files):
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            self.invalidator.ask(parent, name)
 
     def _new_entry(self, parent: int, name: bytes, entry, ctx) -> pyfuse3.EntryAttributes:
         """Register an entry this mount just created and answer with its attributes."""
@@ -549,8 +551,5 @@ class Operations(pyfuse3.Operations):
             except OSError:
                 pass
             for parent, name in links:
-                try:
-                    pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-                except Exception:
-                    pass
+                self.invalidator.ask(parent, name)
             raise lost.__cause__ from None
