@@ -75,6 +75,8 @@ def kill_points(base: str, n: int, rng: random.Random, stats: Stats) -> None:
             except Exception as exc:
                 stats.anomaly(f"kill point {i} ({workload}): {exc}")
                 traceback.print_exc()
+                print("  the daemon log's last lines:\n    " + "\n    ".join(m.log_text().splitlines()[-15:]),
+                      flush=True)
                 recover(m)
             stats.kills += 1
             stats.remounts += 1
