@@ -200,10 +200,15 @@ class ContentFile:
         try:
             self._pwrite_all(out, self.layout.block_offset(index))
         except BaseException:
-            if index not in self._dirty:      # possibly torn on disk now: only a rewrite repairs it,
-                self._dirty[index] = bytearray(plain)     # and the clean cache may drop its copy
-                self._clean.pop(index, None)
+            if index not in self._dirty:
+                self._keep_pending(index, plain)
             raise
+
+    def _keep_pending(self, index: int, plain) -> None:
+        """A block whose write failed may be torn on disk now: only a rewrite
+        repairs it, so it waits in the dirty blocks (the clean cache may drop it)."""
+        self._dirty[index] = bytearray(plain)
+        self._clean.pop(index, None)
 
     def _pwrite_all(self, view: memoryview, offset: int) -> None:
         if self.undo is not None:
@@ -432,9 +437,8 @@ class ContentFile:
         try:
             self._pwrite_all(out, self.layout.block_offset(run[0]))
         except BaseException:
-            for i in run:       # possibly torn on disk now: only a rewrite repairs it
-                self._dirty[i] = bytearray(data[i * bs - offset:(i + 1) * bs - offset])
-                self._clean.pop(i, None)
+            for i in run:
+                self._keep_pending(i, data[i * bs - offset:(i + 1) * bs - offset])
             raise
         for i in run:
             self._mark_sealed(i)
