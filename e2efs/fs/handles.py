@@ -21,6 +21,11 @@ from .inodes import InodeTable, Node, backing_signature
 log = logging.getLogger("e2efs")
 
 
+def _reason(exc: BaseException) -> str:
+    """Why, for a log line: the OS's words where there are some."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 class ChangeLost(Exception):
     """The last changes to a file could not be saved (disk full, vault gone) and
     the vault holds its previous version (or no file): the kernel's size and
@@ -164,7 +169,7 @@ class OpenFiles:
         flush now, with its undo record, not at the next mount: until then this
         mount would show a file that fails authentication.  Returns (keep the
         record for the next mount, the changes are lost)."""
-        label, reason = of.content.label, getattr(why, "strerror", None) or why
+        label, reason = of.content.label, _reason(why)
         undo = of.content.undo
         if undo is None or not undo.active:      # nothing was overwritten
             if not of.content.unflushed:
@@ -177,7 +182,7 @@ class OpenFiles:
             if of.node.backing_ino is not None:
                 self._needs_recovery.add(of.node.backing_ino)
             log.error("a change to %s could not be saved (%s), nor undone (%s): the file cannot be opened "
-                      "until the next mount rolls it back", label, reason, getattr(exc, "strerror", None) or exc)
+                      "until the next mount rolls it back", label, reason, _reason(exc))
             return True, True
         if reverted:
             log.error("a change to %s could not be saved (%s): the file is back at its last flush", label, reason)
@@ -202,7 +207,7 @@ class OpenFiles:
                 self.inodes.set_backing(node, os.lstat(self.inodes.path(node)).st_ino)
             except OSError:
                 pass
-        log.error("a new version of %s could not be saved (%s): %s", temp, getattr(why, "strerror", None) or why,
+        log.error("a new version of %s could not be saved (%s): %s", temp, _reason(why),
                   "the previous version is kept" if node.links else "it was a new file, now lost")
 
     def close_all(self) -> None:
@@ -216,6 +221,6 @@ class OpenFiles:
                 except ChangeLost:
                     pass                    # logged, and the vault holds the previous version
                 except Exception as exc:
-                    log.error("inode %d could not be saved at unmount: %s", ino, getattr(exc, "strerror", None) or exc)
+                    log.error("inode %d could not be saved at unmount: %s", ino, _reason(exc))
         finally:
             self.records.close()
