@@ -115,7 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
     a = p.parse_args(argv)
     quick = a.quick
-    defaults = dict(size=64 * MiB if quick else 1 << 30, long_size=256 * MiB if quick else 10 << 30, rand_size=32 * MiB if quick else 256 * MiB,
+    defaults = dict(size=64 * MiB if quick else 1 << 30, long_size=256 * MiB if quick else 10 << 30,
+                    rand_size=32 * MiB if quick else 256 * MiB,
                     rand_ops=2000 if quick else 16384, files=200 if quick else 2000,
                     rows=1000 if quick else 10000, transactions=10 if quick else 100, runs=1 if quick else 3)
     for k, v in defaults.items():
@@ -275,8 +276,9 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def proc_hwm_mib(pid: int | None, field: str = "VmHWM") -> float | None:
-    """Peak RSS of ``pid`` in MiB (``field`` "VmRSS": the current one)."""
+def proc_memory_mib(pid: int | None, field: str = "VmHWM") -> float | None:
+    """A memory figure of ``pid`` from /proc, in MiB: its peak RSS, or ``field``
+    ("VmRSS": the current one)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -632,7 +634,7 @@ class Bench:
             self.results[workload][fs.name].append(value)
 
     def record_rss(self, workload, fs):
-        hwm = proc_hwm_mib(fs.pid)
+        hwm = proc_memory_mib(fs.pid)
         if hwm is not None and workload in self.args.only:
             self.rss[workload][fs.name].append(hwm)
 
@@ -699,14 +701,14 @@ class Bench:
                     os.write(fd, chunk)
                     written += MiB
                     if written == a.size:
-                        after_first = proc_hwm_mib(fs.pid, "VmRSS")
+                        after_first = proc_memory_mib(fs.pid, "VmRSS")
                 os.fsync(fd)
             finally:
                 os.close(fd)
             if previous:
                 os.unlink(previous)
             previous = path
-        self.record("rssgrowth", fs, proc_hwm_mib(fs.pid, "VmRSS") - after_first)
+        self.record("rssgrowth", fs, proc_memory_mib(fs.pid, "VmRSS") - after_first)
         self.record_rss("rssgrowth", fs)
         os.unlink(previous)
         fs.unmount()
