@@ -1,10 +1,13 @@
-"""Permission checks on a real mount, as another user would meet them.
+"""Permission checks on a real mount.
 
-The daemon runs as root with --allow-other and default_permissions, so the
-kernel checks modes and owners stored in the vault. pytest's own folders are
-0700, so the mount lives in a world-traversable folder of its own.
+With --allow-other the kernel checks modes and owners stored in the vault
+(default_permissions), for other users; pytest's own folders are 0700, so that
+mount lives in a world-traversable folder of its own. Without it only the
+mounter comes in and the daemon checks: met here by root without capabilities,
+which the kernel admits and the modes bind like anyone.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -97,3 +100,165 @@ def test_modes_and_owners_are_enforced_for_other_users(shared_mount):
     m.remount("--allow-other")              # owners and modes live in the vault, not in the daemon
     assert probe("read", m.p("private.db")) == "EACCES"
     assert os.stat(m.p("drop", "mine.txt")).st_uid == NOBODY
+
+
+# -- a private mount: the daemon checks, as the kernel would ----------------------
+
+BATCH_PROBE = """
+import errno, json, os, sys
+def run(op, *a):
+    if op == "read":
+        open(a[0], "rb").read()
+    elif op == "append":
+        open(a[0], "ab").write(b"x")
+    elif op == "truncate":
+        os.truncate(a[0], 0)
+    elif op == "open_trunc":
+        os.close(os.open(a[0], os.O_RDONLY | os.O_TRUNC))
+    elif op == "create":
+        open(a[0], "xb").close()
+    elif op == "mkdir":
+        os.mkdir(a[0])
+    elif op == "symlink":
+        os.symlink("target", a[0])
+    elif op == "unlink":
+        os.unlink(a[0])
+    elif op == "rename":
+        os.rename(a[0], a[1])
+    elif op == "access":
+        if not os.access(a[0], a[1]):
+            raise PermissionError(errno.EACCES, "access")
+    elif op == "list":
+        os.listdir(a[0])
+    elif op == "stat":
+        os.stat(a[0])
+    elif op == "chdir":
+        os.chdir(a[0])
+        os.chdir("/")
+    elif op == "chmod":
+        os.chmod(a[0], a[1])
+    elif op == "chown":
+        os.chown(a[0], a[1], a[2])
+    elif op == "utime":
+        os.utime(a[0], a[1] and tuple(a[1]))
+out = []
+for step in json.loads(sys.argv[1]):
+    try:
+        run(*step)
+        out.append("OK")
+    except OSError as exc:
+        out.append(errno.errorcode[exc.errno])
+print(json.dumps(out))
+"""
+
+OTHER = 12345
+
+
+def without_privileges(steps, *setpriv_args) -> list[str]:
+    """Run ``steps`` as uid 0 with no capabilities: the mounter's uid, so the kernel
+    lets it in without allow_other, but bound by modes and owners like anyone."""
+    done = subprocess.run(["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
+                           *setpriv_args, sys.executable, "-c", BATCH_PROBE, json.dumps(steps)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def private_mount(vault_mount):
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        reason = "needs root and setpriv to drop capabilities"
+        print(f"skipping permission test: {reason}")
+        pytest.skip(reason)
+    vault_mount.mount()
+    return vault_mount
+
+
+def _make(path, mode, owner=(0, 0), content=b"x"):
+    with open(path, "wb") as f:
+        f.write(content)
+    os.chown(path, *owner)
+    os.chmod(path, mode)
+
+
+def _make_dir(path, mode, owner=(0, 0)):
+    os.mkdir(path)
+    os.chown(path, *owner)
+    os.chmod(path, mode)
+
+
+def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
+    m = private_mount
+    p = m.p
+    _make(p("ro.txt"), 0o444)
+    _make(p("exe"), 0o755)
+    _make(p("own.txt"), 0o644)
+    _make(p("grp.txt"), 0o640, (OTHER, 0))
+    _make(p("oth.txt"), 0o604, (OTHER, OTHER))
+    _make(p("none.txt"), 0o660, (OTHER, OTHER))
+    _make(p("wr.txt"), 0o666, (OTHER, OTHER))
+    for name, mode in (("frozen", 0o555), ("blind", 0o333), ("closed", 0o600)):
+        os.mkdir(p(name))
+        _make(p(name, "f.txt"), 0o644)
+        os.chmod(p(name), mode)
+    _make_dir(p("sticky"), 0o1777, (OTHER, OTHER))
+    _make(p("sticky", "theirs.txt"), 0o666, (OTHER, OTHER))
+    _make(p("sticky", "mine.txt"), 0o644)
+    _make_dir(p("a"), 0o755)
+    _make_dir(p("a", "ro_dir"), 0o555)
+    _make_dir(p("b"), 0o755)
+    m.remount()                 # no entry or attribute cached from the privileged set-up
+
+    expected = [
+        (("read", p("ro.txt")), "OK"),
+        (("append", p("ro.txt")), "EACCES"),
+        (("truncate", p("ro.txt")), "EACCES"),
+        (("open_trunc", p("ro.txt")), "EACCES"),
+        (("access", p("ro.txt"), os.R_OK), "OK"),
+        (("access", p("ro.txt"), os.W_OK), "EACCES"),
+        (("access", p("ro.txt"), os.X_OK), "EACCES"),
+        (("access", p("exe"), os.X_OK), "OK"),
+        (("create", p("frozen", "new")), "EACCES"),
+        (("mkdir", p("frozen", "d")), "EACCES"),
+        (("symlink", p("frozen", "l")), "EACCES"),
+        (("unlink", p("frozen", "f.txt")), "EACCES"),
+        (("rename", p("frozen", "f.txt"), p("b", "f.txt")), "EACCES"),
+        (("read", p("frozen", "f.txt")), "OK"),
+        (("list", p("blind")), "EACCES"),
+        (("read", p("blind", "f.txt")), "OK"),
+        (("stat", p("closed", "f.txt")), "EACCES"),
+        (("chdir", p("closed")), "EACCES"),
+        (("list", p("closed")), "OK"),
+        (("unlink", p("sticky", "theirs.txt")), "EPERM"),
+        (("rename", p("sticky", "theirs.txt"), p("sticky", "moved")), "EPERM"),
+        (("unlink", p("sticky", "mine.txt")), "OK"),
+        (("read", p("grp.txt")), "OK"),
+        (("append", p("grp.txt")), "EACCES"),
+        (("read", p("oth.txt")), "OK"),
+        (("read", p("none.txt")), "EACCES"),
+        (("chmod", p("grp.txt"), 0o666), "EPERM"),
+        (("chown", p("own.txt"), OTHER, -1), "EPERM"),
+        (("chown", p("own.txt"), -1, OTHER), "EPERM"),
+        (("chown", p("own.txt"), -1, 0), "OK"),
+        (("chmod", p("own.txt"), 0o600), "OK"),
+        (("utime", p("grp.txt"), [1, 1]), "EPERM"),
+        (("utime", p("oth.txt"), None), "EACCES"),
+        (("utime", p("wr.txt"), None), "OK"),
+        (("utime", p("own.txt"), [1, 1]), "OK"),
+        (("rename", p("a", "ro_dir"), p("b", "ro_dir")), "EACCES"),
+        (("rename", p("a", "ro_dir"), p("a", "renamed")), "OK"),
+        (("create", p("b", "new")), "OK"),
+    ]
+    got = without_privileges([step for step, _ in expected], "--clear-groups")
+    assert [(step[0], step[1][len(m.path):], r) for (step, _), r in zip(expected, got)] == \
+        [(step[0], step[1][len(m.path):], want) for step, want in expected]
+
+    in_other_group = without_privileges([("read", p("none.txt")), ("chown", p("own.txt"), -1, OTHER)],
+                                        f"--groups={OTHER}")
+    assert in_other_group == ["OK", "OK"]
+    assert os.stat(p("own.txt")).st_gid == OTHER
+
+    with open(p("ro.txt"), "ab") as f:          # root keeps its override
+        f.write(b"root")
+    assert not os.access(p("ro.txt"), os.X_OK)
+    assert probe("read", p("own.txt")) == "EACCES"       # other users stay out without allow_other

@@ -26,13 +26,16 @@ READ_AHEAD_KB = 1024
 
 
 def mount_options(vault_root: str, read_only: bool, allow_other: bool) -> set[str]:
-    """``mount`` shows the vault folder as the source (option syntax permitting)."""
+    """``mount`` shows the vault folder as the source (option syntax permitting).
+    Without allow_other only the mounter's processes come in, and the daemon
+    checks modes itself (fs/permissions.py): a kernel that checks fetches the
+    folder's attributes again after every create and unlink."""
     source = vault_root if not set(vault_root) & set(",\\ \t\n") else "e2efs"
-    options = set(pyfuse3.default_options) | {f"fsname={source}", "subtype=e2efs", "auto_unmount"}
+    options = {f"fsname={source}", "subtype=e2efs", "auto_unmount"}
     if read_only:
         options.add("ro")
-    if allow_other:
-        options.add("allow_other")
+    if allow_other:     # other users come in: the kernel checks, from the attributes it holds
+        options |= {"allow_other", "default_permissions"}
     return options
 
 
@@ -43,7 +46,7 @@ def run(vault: Vault, mountpoint: str, *, read_only: bool = False, allow_other: 
     module: the ~0.15 s of imports must not run with the key in unlocked memory."""
     os.umask(0)        # modes are stored exactly as the kernel hands them to us
     memlock.keep_buffers_mapped()
-    ops = Operations(Tree(vault), read_only)
+    ops = Operations(Tree(vault), read_only, check_permissions=not allow_other)
     try:
         pyfuse3.init(ops, mountpoint, mount_options(vault.root, read_only, allow_other))
     except RuntimeError as exc:

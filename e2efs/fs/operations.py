@@ -21,10 +21,12 @@ from ..errors import CorruptData
 from ..names import Kind, check_name
 from ..tree import TEMP_PREFIX, Tree
 from ..vault import fsync_dir
+from . import permissions
 from .handles import ChangeLost, OpenFiles
 from .inodes import InodeTable, Node, backing_signature
 from .mountpoint import vault_read_only
 from .notify import EntryInvalidator
+from .permissions import EXEC, READ, WRITE, Caller
 
 log = logging.getLogger("e2efs")
 
@@ -127,7 +129,8 @@ def _fail(code: int):
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, tree: Tree, read_only: bool = False):
+    def __init__(self, tree: Tree, read_only: bool = False, check_permissions: bool = False):
+        """``check_permissions``: the kernel does not (no ``default_permissions``)."""
         super().__init__()
         self.tree = tree
         if not read_only and vault_read_only(tree.root.path):
@@ -144,6 +147,7 @@ class Operations(pyfuse3.Operations):
         self._dir_handles: dict[int, tuple[int, list[bytes] | None]] = {}
         self._next_dir_handle = 1
         self._owner = os.geteuid() == 0
+        self.check_permissions = check_permissions
 
     # -- helpers --------------------------------------------------------------
 
@@ -171,6 +175,27 @@ class Operations(pyfuse3.Operations):
         check_name(name)
         if self.inodes.child(parent, name) is not None:
             raise FUSEError(errno.EEXIST)
+
+    def _stat(self, node: Node) -> os.stat_result:
+        of = self.files.files.get(node.ino)
+        return os.fstat(of.fd) if of else os.lstat(self.inodes.path(node))
+
+    def _require(self, node: Node, want: int, ctx) -> None:
+        if self.check_permissions and not permissions.may(self._stat(node), want, Caller(ctx)):
+            raise FUSEError(errno.EACCES)
+
+    def _may_add(self, parent: int, ctx) -> None:
+        """A name may be added to the folder (or it may lose one that is not sticky)."""
+        self._require(self.inodes.get(parent), WRITE | EXEC, ctx)
+
+    def _may_remove(self, parent: int, node: Node, ctx) -> None:
+        if not self.check_permissions:
+            return
+        folder, caller = self._stat(self.inodes.get(parent)), Caller(ctx)
+        if not permissions.may(folder, WRITE | EXEC, caller):
+            raise FUSEError(errno.EACCES)
+        if folder.st_mode & stat.S_ISVTX and not permissions.sticky_allows(folder, self._stat(node), caller):
+            raise FUSEError(errno.EPERM)
 
     def _chown(self, path_or_fd, ctx) -> None:
         if self._owner:
@@ -250,6 +275,7 @@ class Operations(pyfuse3.Operations):
             return self._looked_up(self.inodes.get(node.link[0]) if node.links else node)
         if len(name) > 255:
             raise FUSEError(errno.ENAMETOOLONG)
+        self._require(self.inodes.get(parent_inode), EXEC, ctx)
         node, st = self.inodes.child_and_stat(parent_inode, name)
         return self._looked_up(node, st) if node is not None else _ABSENT
 
@@ -270,6 +296,8 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         of = self.files.files.get(inode)
         target = of.fd if of else self.inodes.path(node)
+        if self.check_permissions:
+            self._may_setattr(node, attr, fields, fh, ctx)
         if fields.update_size:
             if node.kind is not Kind.FILE:
                 raise FUSEError(errno.EINVAL)
@@ -297,6 +325,29 @@ class Operations(pyfuse3.Operations):
                 os.utime(target, ns=times)
         return self._attrs(node)
 
+    def _may_setattr(self, node: Node, attr, fields, fh, ctx) -> None:
+        """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``."""
+        st, caller = self._stat(node), Caller(ctx)
+        if fields.update_size and fh is None and not permissions.may(st, WRITE, caller):
+            raise FUSEError(errno.EACCES)           # truncate(2) by name; ftruncate(2) was checked at open
+        if (fields.update_uid or fields.update_gid) and not permissions.may_chown(
+                st, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1, caller):
+            raise FUSEError(errno.EPERM)
+        if fields.update_mode:
+            if not permissions.owns(st, caller):
+                raise FUSEError(errno.EPERM)
+            attr.st_mode = permissions.chmod_mode(st, attr.st_mode, caller)
+        times = [t for t, update in ((attr.st_atime_ns, fields.update_atime),
+                                     (attr.st_mtime_ns, fields.update_mtime)) if update]
+        if times:
+            refused = permissions.times_refused(st, times, caller)
+            if refused:
+                raise FUSEError(refused)
+
+    @_guarded
+    def access(self, inode, mode, ctx):
+        return mode == os.F_OK or permissions.may(self._stat(self.inodes.get(inode)), mode, Caller(ctx))
+
     @_guarded
     def readlink(self, inode, ctx):
         node = self.inodes.get(inode)
@@ -320,6 +371,7 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
+        self._require(node, READ, ctx)
         fh = self._next_dir_handle
         self._next_dir_handle += 1
         self._dir_handles[fh] = (inode, None)       # listed at the first readdir: an fsync needs none
@@ -357,6 +409,7 @@ class Operations(pyfuse3.Operations):
     def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
         self._absent(parent_inode, name)
+        self._may_add(parent_inode, ctx)
         entry = self.tree.mkdir(self.inodes.dir(parent_inode), name, stat.S_IMODE(mode))
         return self._new_entry(parent_inode, name, entry, ctx)
 
@@ -366,6 +419,7 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent_inode, name)
         if node.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
+        self._may_remove(parent_inode, node, ctx)
         d = self.inodes.dir(node.ino)
         if self.tree.entries(d) or self.inodes.pending_names(node.ino):
             raise FUSEError(errno.ENOTEMPTY)
@@ -390,6 +444,7 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent_inode, name)
         if node.kind is Kind.DIR:
             raise FUSEError(errno.EISDIR)
+        self._may_remove(parent_inode, node, ctx)
         link = (parent_inode, name)
         if node.links[link] is not None:
             self.files.settle(node)
@@ -400,6 +455,7 @@ class Operations(pyfuse3.Operations):
     def symlink(self, parent_inode, name, target, ctx):
         self._writable()
         self._absent(parent_inode, name)
+        self._may_add(parent_inode, ctx)
         entry = self.tree.symlink(self.inodes.dir(parent_inode), name, target)
         return self._new_entry(parent_inode, name, entry, ctx)
 
@@ -407,6 +463,7 @@ class Operations(pyfuse3.Operations):
     def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
         self._absent(parent_inode, name)
+        self._may_add(parent_inode, ctx)
         d = self.inodes.dir(parent_inode)
         if stat.S_ISREG(mode):
             entry = self.tree.write_file(d, name, [], mode=stat.S_IMODE(mode))
@@ -418,6 +475,7 @@ class Operations(pyfuse3.Operations):
     def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
         self._absent(new_parent_inode, new_name)
+        self._may_add(new_parent_inode, ctx)
         node = self.inodes.get(inode)
         self._commit_pending(node)
         if not node.links:
@@ -449,6 +507,7 @@ class Operations(pyfuse3.Operations):
                 raise FUSEError(errno.ENOTEMPTY)
             if target.kind is Kind.DIR:
                 self._remove_stray_temps(target.ino, self.inodes.dir(target.ino))
+        self._may_rename(parent_inode_old, node, parent_inode_new, target, ctx)
         self._commit_pending(node)
         self.files.settle()
         old_link, new_link = (parent_inode_old, name_old), (parent_inode_new, name_new)
@@ -458,6 +517,15 @@ class Operations(pyfuse3.Operations):
         self.inodes.drop_link(node, old_link)
         if target is not None:      # replaced (an uncommitted new file only in the table)
             self._drop_name(target, new_link)
+
+    def _may_rename(self, old_parent: int, node: Node, new_parent: int, target: Node | None, ctx) -> None:
+        self._may_remove(old_parent, node, ctx)
+        if target is not None:
+            self._may_remove(new_parent, target, ctx)
+        else:
+            self._may_add(new_parent, ctx)
+        if node.kind is Kind.DIR and new_parent != old_parent:
+            self._require(node, WRITE, ctx)         # its ".." changes
 
     def _drop_name(self, node: Node, link) -> None:
         """A name is gone: a node nobody holds is forgotten; an open file whose
@@ -478,6 +546,7 @@ class Operations(pyfuse3.Operations):
     def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
         self._absent(parent_inode, name)
+        self._may_add(parent_inode, ctx)
         node = self.inodes.new(Kind.FILE)
         owner = (ctx.uid, ctx.gid) if self._owner else None
         try:
@@ -493,7 +562,10 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.kind is not Kind.FILE:
             raise FUSEError(errno.EINVAL if node.kind is Kind.DIR else errno.ENXIO)
-        truncate = flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY
+        access = flags & os.O_ACCMODE
+        self._require(node, (READ if access != os.O_WRONLY else 0)
+                      | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0), ctx)
+        truncate = flags & os.O_TRUNC and access != os.O_RDONLY
         if truncate and not self.read_only and inode not in self.files.files and node.links:
             st = os.lstat(self.inodes.path(node))
             if st.st_nlink == 1:         # new content goes to a temp file; the old stays until commit

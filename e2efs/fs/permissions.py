@@ -1,0 +1,104 @@
+"""Who may do what, on a mount without ``default_permissions``.
+
+Without ``allow_other`` the kernel lets in only processes with the mounter's
+uid and gid, and leaves the mode and owner checks to the file system, as
+gocryptfs does.  Letting the kernel check costs a GETATTR of the folder after
+every create and unlink, because the kernel forgets a folder's mode whenever
+the folder changes: a third of untar's requests (docs/PERFORMANCE.md).
+
+The rules are the kernel's (``generic_permission``, ``may_delete``,
+``setattr_prepare``), with the capabilities that override them
+(capabilities(7)).  A caller's capabilities and supplementary groups are read
+from /proc only when the mode bits alone say no.
+"""
+
+import errno
+import os
+import stat
+import time
+
+READ, WRITE, EXEC = os.R_OK, os.W_OK, os.X_OK
+CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID = range(5)
+NOW_SLACK_NS = 1_000_000_000     # pyfuse3 turns UTIME_NOW into the current time
+
+
+class Caller:
+    """The process behind one request; ``ctx`` is pyfuse3's RequestContext."""
+
+    __slots__ = ("uid", "gid", "pid", "_status")
+
+    def __init__(self, ctx):
+        self.uid, self.gid, self.pid = ctx.uid, ctx.gid, ctx.pid
+        self._status: dict[str, str] | None = None
+
+    def _field(self, name: str) -> str:
+        if self._status is None:
+            self._status = {}
+            try:        # a caller that has exited has no privileges left to use
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        self._status[key] = value.strip()
+            except OSError:
+                pass
+        return self._status.get(name, "")
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or str(gid) in self._field("Groups").split()
+
+    def capable(self, cap: int) -> bool:
+        return bool(int(self._field("CapEff") or "0", 16) >> cap & 1)
+
+
+def may(st: os.stat_result, want: int, caller: Caller) -> bool:
+    """``want``: READ | WRITE | EXEC bits, as for access(2)."""
+    if st.st_uid == caller.uid:
+        bits = st.st_mode >> 6
+    elif caller.in_group(st.st_gid):
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    if bits & want == want:
+        return True
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if want & EXEC and not is_dir and not st.st_mode & 0o111:
+        return False            # not even root runs a file nobody may run
+    if caller.capable(CAP_DAC_OVERRIDE):
+        return True
+    return not want & WRITE and (is_dir or not want & EXEC) and caller.capable(CAP_DAC_READ_SEARCH)
+
+
+def owns(st: os.stat_result, caller: Caller) -> bool:
+    """May change the mode and set the times (``inode_owner_or_capable``)."""
+    return st.st_uid == caller.uid or caller.capable(CAP_FOWNER)
+
+
+def sticky_allows(folder: os.stat_result, st: os.stat_result, caller: Caller) -> bool:
+    """In a sticky folder only the owner of the entry or of the folder may remove it."""
+    return (not folder.st_mode & stat.S_ISVTX or caller.uid in (folder.st_uid, st.st_uid)
+            or caller.capable(CAP_FOWNER))
+
+
+def may_chown(st: os.stat_result, uid: int, gid: int, caller: Caller) -> bool:
+    """``uid``/``gid`` -1: unchanged.  The owner may only give the file to one of his groups."""
+    as_owner = (st.st_uid == caller.uid and uid in (-1, st.st_uid)
+                and (gid in (-1, st.st_gid) or caller.in_group(gid)))
+    return as_owner or caller.capable(CAP_CHOWN)
+
+
+def chmod_mode(st: os.stat_result, mode: int, caller: Caller) -> int:
+    """The setgid bit falls away unless the caller is in the file's group."""
+    if mode & stat.S_ISGID and not caller.in_group(st.st_gid) and not caller.capable(CAP_FSETID):
+        return mode & ~stat.S_ISGID
+    return mode
+
+
+def times_refused(st: os.stat_result, times_ns: list[int], caller: Caller) -> int | None:
+    """The errno that refuses setting these times, if any: anyone who may write
+    the file may set its times to now (touch); other times are for its owner."""
+    if owns(st, caller):
+        return None
+    now = time.time_ns()
+    if any(abs(t - now) >= NOW_SLACK_NS for t in times_ns):
+        return errno.EPERM
+    return None if may(st, WRITE, caller) else errno.EACCES
