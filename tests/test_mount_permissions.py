@@ -10,6 +10,7 @@ which the kernel admits and the modes bind like anyone.
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,9 @@ def run(op, *a):
         os.chmod(a[0], a[1])
     elif op == "chown":
         os.chown(a[0], a[1], a[2])
+    elif op == "exec":
+        import subprocess
+        subprocess.run([a[0]], check=True)
     elif op == "utime":
         os.utime(a[0], a[1] and tuple(a[1]))
 out = []
@@ -191,7 +195,9 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
     m = private_mount
     p = m.p
     _make(p("ro.txt"), 0o444)
-    _make(p("exe"), 0o755)
+    with open("/bin/true", "rb") as f:
+        _make(p("exe"), 0o111, content=f.read())
+    _make(p("setuid"), 0o6777, (OTHER, OTHER))
     _make(p("own.txt"), 0o644)
     _make(p("grp.txt"), 0o640, (OTHER, 0))
     _make(p("oth.txt"), 0o604, (OTHER, OTHER))
@@ -218,6 +224,10 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
         (("access", p("ro.txt"), os.W_OK), "EACCES"),
         (("access", p("ro.txt"), os.X_OK), "EACCES"),
         (("access", p("exe"), os.X_OK), "OK"),
+        (("exec", p("exe")), "OK"),
+        (("exec", p("own.txt")), "EACCES"),
+        (("append", p("wr.txt")), "OK"),
+        (("append", p("setuid")), "OK"),
         (("create", p("frozen", "new")), "EACCES"),
         (("mkdir", p("frozen", "d")), "EACCES"),
         (("symlink", p("frozen", "l")), "EACCES"),
@@ -253,6 +263,7 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
     assert [(step[0], step[1][len(m.path):], r) for (step, _), r in zip(expected, got)] == \
         [(step[0], step[1][len(m.path):], want) for step, want in expected]
 
+    assert stat.S_IMODE(os.stat(p("setuid")).st_mode) == 0o777      # the kernel took setuid away
     in_other_group = without_privileges([("read", p("none.txt")), ("chown", p("own.txt"), -1, OTHER)],
                                         f"--groups={OTHER}")
     assert in_other_group == ["OK", "OK"]

@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 from e2efs.fs.permissions import (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, EXEC, READ,
-                                  WRITE, Caller, chmod_mode, may, may_chown, owns, sticky_allows, times_refused)
+                                  WRITE, Caller, chmod_mode, may, may_chmod, may_chown, owns, sticky_allows, times_refused)
 
 ME, MINE, OTHER, THEIRS = 1000, 1000, 2000, 2000
 
@@ -75,6 +75,12 @@ def test_owners_give_files_only_to_their_own_groups():
 def test_chmod_is_the_owners_and_setgid_needs_the_group():
     assert owns(st(stat.S_IFREG), caller()) and not owns(st(stat.S_IFREG, OTHER), caller())
     assert owns(st(stat.S_IFREG, OTHER), caller(caps=[CAP_FOWNER]))
+    setuid_theirs = st(stat.S_IFREG | 0o6766, OTHER, THEIRS)
+    assert may_chmod(setuid_theirs, 0o2766, caller())      # the kernel's on a write by a non-owner
+    assert may_chmod(setuid_theirs, 0o766, caller())
+    assert not may_chmod(setuid_theirs, 0o777, caller())
+    assert not may_chmod(st(stat.S_IFREG | 0o6744, OTHER, THEIRS), 0o744, caller())    # not a writer
+    assert not may_chmod(st(stat.S_IFREG | 0o766, OTHER, THEIRS), 0o766, caller())
     assert chmod_mode(st(stat.S_IFREG, ME, THEIRS), 0o2755, caller()) == 0o755
     assert chmod_mode(st(stat.S_IFREG, ME, MINE), 0o2755, caller()) == 0o2755
 

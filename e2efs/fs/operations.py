@@ -33,6 +33,7 @@ log = logging.getLogger("e2efs")
 TIMEOUT = 1.0            # the mount is the only writer: let the kernel cache
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+FMODE_EXEC = 0x20        # in the flags of the OPEN that execve(2) sends
 _TYPE_OF_KIND = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
 
 
@@ -296,8 +297,8 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         of = self.files.files.get(inode)
         target = of.fd if of else self.inodes.path(node)
-        if self.check_permissions:
-            self._may_setattr(node, attr, fields, fh, ctx)
+        if self.check_permissions and fh is None:      # with fh: ftruncate(2), checked at open, or
+            self._may_setattr(node, attr, fields, ctx)  # the kernel writing back its times
         if fields.update_size:
             if node.kind is not Kind.FILE:
                 raise FUSEError(errno.EINVAL)
@@ -325,16 +326,16 @@ class Operations(pyfuse3.Operations):
                 os.utime(target, ns=times)
         return self._attrs(node)
 
-    def _may_setattr(self, node: Node, attr, fields, fh, ctx) -> None:
+    def _may_setattr(self, node: Node, attr, fields, ctx) -> None:
         """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``."""
         st, caller = self._stat(node), Caller(ctx)
-        if fields.update_size and fh is None and not permissions.may(st, WRITE, caller):
-            raise FUSEError(errno.EACCES)           # truncate(2) by name; ftruncate(2) was checked at open
+        if fields.update_size and not permissions.may(st, WRITE, caller):
+            raise FUSEError(errno.EACCES)
         if (fields.update_uid or fields.update_gid) and not permissions.may_chown(
                 st, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1, caller):
             raise FUSEError(errno.EPERM)
         if fields.update_mode:
-            if not permissions.owns(st, caller):
+            if not permissions.may_chmod(st, attr.st_mode, caller):
                 raise FUSEError(errno.EPERM)
             attr.st_mode = permissions.chmod_mode(st, attr.st_mode, caller)
         times = [t for t, update in ((attr.st_atime_ns, fields.update_atime),
@@ -563,8 +564,11 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.FILE:
             raise FUSEError(errno.EINVAL if node.kind is Kind.DIR else errno.ENXIO)
         access = flags & os.O_ACCMODE
-        self._require(node, (READ if access != os.O_WRONLY else 0)
-                      | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0), ctx)
+        if flags & FMODE_EXEC:
+            self._require(node, EXEC, ctx)      # execve(2): a program may be run without being readable
+        else:
+            self._require(node, (READ if access != os.O_WRONLY else 0)
+                          | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0), ctx)
         truncate = flags & os.O_TRUNC and access != os.O_RDONLY
         if truncate and not self.read_only and inode not in self.files.files and node.links:
             st = os.lstat(self.inodes.path(node))

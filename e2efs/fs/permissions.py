@@ -19,6 +19,7 @@ import time
 
 READ, WRITE, EXEC = os.R_OK, os.W_OK, os.X_OK
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID = range(5)
+SETID = stat.S_ISUID | stat.S_ISGID
 NOW_SLACK_NS = 1_000_000_000     # pyfuse3 turns UTIME_NOW into the current time
 
 
@@ -71,6 +72,15 @@ def may(st: os.stat_result, want: int, caller: Caller) -> bool:
 def owns(st: os.stat_result, caller: Caller) -> bool:
     """May change the mode and set the times (``inode_owner_or_capable``)."""
     return st.st_uid == caller.uid or caller.capable(CAP_FOWNER)
+
+
+def may_chmod(st: os.stat_result, mode: int, caller: Caller) -> bool:
+    """The owner's; anyone who may write the file may take its setuid and setgid
+    bits away, as the kernel does on a write, truncate or chown by a non-owner
+    (here those come as a chmod like any other)."""
+    old, new = stat.S_IMODE(st.st_mode), stat.S_IMODE(mode)
+    takes_setid_away = new != old and not new & ~old and new | SETID == old | SETID
+    return owns(st, caller) or (takes_setid_away and may(st, WRITE, caller))
 
 
 def sticky_allows(folder: os.stat_result, st: os.stat_result, caller: Caller) -> bool:
