@@ -382,13 +382,26 @@ class Tree:
 
     # -- content --------------------------------------------------------------
 
-    def open_content(self, path: str, writable: bool = False) -> ContentFile:
-        """Open a ciphertext file; the caller closes ``content.fd``."""
+    @staticmethod
+    def _open_backing(path: str, writable: bool) -> int:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         try:    # reading ciphertext must not move the atime a user set
-            fd = os.open(path, flags | os.O_NOATIME)
+            return os.open(path, flags | os.O_NOATIME)
         except PermissionError:     # O_NOATIME needs ownership
-            fd = os.open(path, flags)
+            return os.open(path, flags)
+
+    def reopen_writable(self, path: str, fd: int) -> None:
+        """Make ``fd``, open read-only on the ciphertext file at ``path``, read-write,
+        under the same number (its users keep it)."""
+        new = self._open_backing(path, writable=True)
+        try:
+            os.dup2(new, fd, inheritable=False)
+        finally:
+            os.close(new)
+
+    def open_content(self, path: str, writable: bool = False) -> ContentFile:
+        """Open a ciphertext file; the caller closes ``content.fd``."""
+        fd = self._open_backing(path, writable)
         try:
             if path.endswith(ICLOUD_STUB) and os.path.basename(path).startswith("."):
                 raise CorruptData(f"{path}: an iCloud placeholder: the file is not downloaded to this device yet")

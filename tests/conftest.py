@@ -39,6 +39,7 @@ class Mount:
         self.log = str(tmp_path / "e2efs.log")
         self.env = dict(os.environ, E2EFS_RUNTIME_DIR=runtime_dir)
         self.proc: subprocess.Popen | None = None
+        self.daemon_prefix: list[str] = []       # e.g. setpriv, to run the daemon with less privilege
         os.mkdir(self.vault)
         os.mkdir(self.path)
         with open(self.password_file, "wb") as f:
@@ -55,7 +56,7 @@ class Mount:
     def mount(self, *extra) -> None:
         """Mount in the foreground (so the test owns the daemon process)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "e2efs", "mount", self.vault, self.path, "--foreground",
+            [*self.daemon_prefix, sys.executable, "-m", "e2efs", "mount", self.vault, self.path, "--foreground",
              "--password-file", self.password_file, "--log", self.log, *extra],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + MOUNT_TIMEOUT

@@ -44,5 +44,5 @@ def test_a_file_whose_record_could_not_be_applied_is_not_opened_again(tmp_path, 
     monkeypatch.undo()
     assert len(left_behind(tree.root.path)) == 1     # kept for the next mount
     with pytest.raises(OSError) as e:
-        files.open(node)
+        files.open(node, write=False)
     assert e.value.errno == errno.EIO

@@ -273,3 +273,46 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
         f.write(b"root")
     assert not os.access(p("ro.txt"), os.X_OK)
     assert probe("read", p("own.txt")) == "EACCES"       # other users stay out without allow_other
+
+
+# -- a daemon the modes bind, as any non-root user's is --------------------------
+
+@pytest.fixture
+def unprivileged_daemon(vault_mount):
+    """The daemon as root without the capabilities that override modes: the
+    backing files' modes bind it as they bind a user's own daemon."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        reason = "needs root and setpriv to drop capabilities"
+        print(f"skipping permission test: {reason}")
+        pytest.skip(reason)
+    vault_mount.daemon_prefix = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
+                                 "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    vault_mount.mount()
+    return vault_mount
+
+
+def test_a_daemon_bound_by_modes_reads_and_writes_read_only_files(unprivileged_daemon):
+    m = unprivileged_daemon
+    with open(m.p("notes.txt"), "wb") as f:
+        f.write(b"kept")
+    os.chmod(m.p("notes.txt"), 0o444)
+    m.remount()
+    with open(m.p("notes.txt"), "rb") as reader:
+        assert reader.read() == b"kept"
+        os.chmod(m.p("notes.txt"), 0o644)       # writable again while it is open read-only
+        with open(m.p("notes.txt"), "ab") as writer:
+            writer.write(b" and more")
+        reader.seek(0)
+        assert reader.read() == b"kept and more"
+    os.mkdir(m.p("sealed"))
+    with open(m.p("sealed", "db"), "wb") as f:
+        f.write(b"old version")
+    os.chmod(m.p("sealed"), 0o555)
+    with open(m.p("sealed", "db"), "wb") as f:       # O_TRUNC: no temp file beside it now
+        f.write(b"new")
+    m.remount()
+    with open(m.p("notes.txt"), "rb") as f:
+        assert f.read() == b"kept and more"
+    with open(m.p("sealed", "db"), "rb") as f:
+        assert f.read() == b"new"
+    assert "ERROR" not in m.log_text()

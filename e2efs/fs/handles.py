@@ -37,6 +37,7 @@ class OpenFile:
     node: Node
     content: ContentFile
     refs: int = 1
+    writable: bool = True       # the backing descriptor; see OpenFiles.open
     # times set explicitly (utimens) after the last write: kept here and set
     # on the backing file after each flush, which would move them to "now"
     times: tuple[int, int] | None = None
@@ -58,19 +59,37 @@ class OpenFiles:
     def get(self, ino: int) -> OpenFile:
         return self.files[ino]
 
-    def open(self, node: Node) -> OpenFile:
+    def open(self, node: Node, write: bool) -> OpenFile:
+        """The backing file is opened read-write even for O_WRONLY/O_RDONLY (the
+        writeback cache reads partial pages of write-only files), unless its
+        mode (the file's own) refuses the daemon writing and the caller only
+        reads: a daemon without root's override meets a 0444 file so."""
         of = self.files.get(node.ino)
         if of is not None:
+            if write and not of.writable:
+                self.make_writable(of)
             of.refs += 1
             return of
         if node.backing_ino in self._needs_recovery:
             # changed in place now, it would be rolled back over by the record at the next mount
             raise OSError(errno.EIO, "an interrupted write waits for the next mount to roll it back")
-        # read-write even for O_WRONLY/O_RDONLY: the writeback cache reads
-        # partial pages of write-only files
-        content = self.tree.open_content(self.inodes.path(node), writable=not self.read_only)
+        path = self.inodes.path(node)
+        writable = not self.read_only
+        try:
+            content = self.tree.open_content(path, writable)
+        except PermissionError:
+            if write or not writable:
+                raise
+            content, writable = self.tree.open_content(path), False
         of = self.files[node.ino] = self._opened(node, content)
+        of.writable = writable
         return of
+
+    def make_writable(self, of: OpenFile) -> None:
+        """A file opened read-only whose mode has let writing in since."""
+        if not of.writable:
+            self.tree.reopen_writable(self.inodes.path(of.node), of.fd)
+            of.writable = True
 
     def open_new(self, node: Node, parent: int, mode: int, owner: tuple[int, int] | None) -> OpenFile:
         """Start ``node``'s content afresh in a new temp file in ``parent``."""

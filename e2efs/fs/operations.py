@@ -303,6 +303,7 @@ class Operations(pyfuse3.Operations):
             if node.kind is not Kind.FILE:
                 raise FUSEError(errno.EINVAL)
             if of:
+                self.files.make_writable(of)
                 of.content.truncate(attr.st_size)
             else:
                 content = self.tree.open_content(target, writable=True)
@@ -573,14 +574,17 @@ class Operations(pyfuse3.Operations):
         if truncate and not self.read_only and inode not in self.files.files and node.links:
             st = os.lstat(self.inodes.path(node))
             if st.st_nlink == 1:         # new content goes to a temp file; the old stays until commit
-                self.files.open_new(node, node.link[0], stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
-                return pyfuse3.FileInfo(fh=inode)
+                try:
+                    self.files.open_new(node, node.link[0], stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
+                    return pyfuse3.FileInfo(fh=inode)
+                except PermissionError:     # a folder the daemon may not add to: in place, as with hard links
+                    pass
         # The kernel may keep its cached pages only if the ciphertext is still what
         # this mount last wrote or read: a sync client's (or an attacker's) change
         # must be read, and authenticated, afresh.
         keep = inode in self.files.files or (
             node.cache_sig is not None and node.cache_sig == backing_signature(os.lstat(self.inodes.path(node))))
-        of = self.files.open(node)
+        of = self.files.open(node, write=access != os.O_RDONLY)
         if truncate:
             of.content.truncate(0)
         return pyfuse3.FileInfo(fh=inode, keep_cache=keep)
