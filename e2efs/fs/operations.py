@@ -145,7 +145,7 @@ class Operations(pyfuse3.Operations):
         self.files = OpenFiles(tree, self.inodes, read_only)
         self.invalidator = EntryInvalidator()      # the daemon stops it before it stops answering
         self.last_access = time.monotonic()
-        self._dir_handles: dict[int, tuple[int, list[bytes] | None]] = {}
+        self._dir_handles: dict[int, tuple[int, list[bytes] | None, bool]] = {}
         self._next_dir_handle = 1
         self._owner = os.geteuid() == 0
         self.check_permissions = check_permissions
@@ -373,24 +373,32 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
-        self._require(node, READ, ctx)
+        searchable = True
+        if self.check_permissions:
+            st, caller = self._stat(node), Caller(ctx)
+            if not permissions.may(st, READ, caller):
+                raise FUSEError(errno.EACCES)
+            searchable = permissions.may(st, EXEC, caller)
         fh = self._next_dir_handle
         self._next_dir_handle += 1
-        self._dir_handles[fh] = (inode, None)       # listed at the first readdir: an fsync needs none
+        self._dir_handles[fh] = (inode, None, searchable)      # listed at the first readdir: an fsync needs none
         return fh
 
     @_guarded
     def readdir(self, fh, start_id, token):
-        parent, names = self._dir_handles[fh]
+        parent, names, searchable = self._dir_handles[fh]
         listing = self.tree.entries(self.inodes.dir(parent))
         if names is None:       # the snapshot this handle's offsets index into
             names = sorted(listing.keys() | self.inodes.pending_names(parent))
-            self._dir_handles[fh] = (parent, names)
+            self._dir_handles[fh] = (parent, names, searchable)
         for i in range(start_id, len(names)):
             node, st = self.inodes.child_and_stat(parent, names[i], listing)
             if node is None:
                 continue                    # removed since opendir
-            if not pyfuse3.readdir_reply(token, names[i], self._attrs(node, st), i + 1):
+            attrs = self._attrs(node, st)
+            if not searchable:      # the kernel must ask (and be refused) before it uses the name
+                attrs.entry_timeout = 0
+            if not pyfuse3.readdir_reply(token, names[i], attrs, i + 1):
                 if node.lookups == 0 and node.ino not in self.files.files:
                     self.inodes.evict(node)
                 break
