@@ -390,10 +390,10 @@ class Tree:
         except PermissionError:     # O_NOATIME needs ownership
             return os.open(path, flags)
 
-    def reopen_writable(self, path: str, fd: int) -> None:
-        """Make ``fd``, open read-only on the ciphertext file at ``path``, read-write,
-        under the same number (its users keep it)."""
-        new = self._open_backing(path, writable=True)
+    def reopen_writable(self, fd: int) -> None:
+        """Make ``fd``, open read-only on a ciphertext file, read-write under the same
+        number (its users keep it), on the same file whatever its name is now."""
+        new = self._open_backing(f"/proc/self/fd/{fd}", writable=True)
         try:
             os.dup2(new, fd, inheritable=False)
         finally:

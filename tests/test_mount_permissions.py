@@ -141,6 +141,8 @@ def run(op, *a):
         os.chmod(a[0], a[1])
     elif op == "chown":
         os.chown(a[0], a[1], a[2])
+    elif op == "link":
+        os.link(a[0], a[1])
     elif op == "exec":
         import subprocess
         subprocess.run([a[0]], check=True)
@@ -159,11 +161,12 @@ print(json.dumps(out))
 OTHER = 12345
 
 
-def without_privileges(steps, *setpriv_args) -> list[str]:
+def without_privileges(steps, *setpriv_args, bounding="-all", within=()) -> list[str]:
     """Run ``steps`` as uid 0 with no capabilities: the mounter's uid, so the kernel
-    lets it in without allow_other, but bound by modes and owners like anyone."""
-    done = subprocess.run(["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
-                           *setpriv_args, sys.executable, "-c", BATCH_PROBE],
+    lets it in without allow_other, but bound by modes and owners like anyone.
+    ``within``: a command to run the probe under (e.g. in a user namespace)."""
+    done = subprocess.run(["setpriv", "--inh-caps=-all", "--ambient-caps=-all", f"--bounding-set={bounding}",
+                           *setpriv_args, *within, sys.executable, "-c", BATCH_PROBE],
                           input=json.dumps(steps), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -259,6 +262,8 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
         (("rename", p("a", "ro_dir"), p("b", "ro_dir")), "EACCES"),
         (("rename", p("a", "ro_dir"), p("a", "renamed")), "OK"),
         (("create", p("b", "new")), "OK"),
+        (("link", p("none.txt"), p("b", "none-link")), "EPERM"),         # fs.protected_hardlinks
+        (("link", p("own.txt"), p("b", "own-link")), "OK"),
     ]
     got = without_privileges([step for step, _ in expected], "--clear-groups")
     assert [(step[0], step[1][len(m.path):], r) for (step, _), r in zip(expected, got)] == \
@@ -274,6 +279,19 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
         f.write(b"root")
     assert not os.access(p("ro.txt"), os.X_OK)
     assert probe("read", p("own.txt")) == "EACCES"       # other users stay out without allow_other
+
+    # root looks into a folder only its privilege opens: the kernel must not hand
+    # that entry to a process of the same uid without it
+    _make_dir(p("private"), 0o700, (OTHER, OTHER))
+    _make(p("private", "f.txt"), 0o644)
+    m.remount()
+    os.stat(p("private", "f.txt"))
+    assert without_privileges([("read", p("private", "f.txt"))], "--clear-groups") == ["EACCES"]
+    # in a user namespace of its own a process has every capability, over its own
+    # namespace only: no more than root without them here
+    if subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode == 0:
+        assert without_privileges([("read", p("none.txt")), ("append", p("ro.txt"))], "--clear-groups",
+                                  bounding="-all,+setfcap", within=["unshare", "-Ur"]) == ["EACCES", "EACCES"]
 
 
 # -- a daemon the modes bind, as any non-root user's is --------------------------
@@ -349,8 +367,8 @@ def _random_steps(rng, dirs, names, count):
     for _ in range(count):
         path = rng.choice(paths)
         op = rng.choice(("read", "append", "truncate", "open_trunc", "create", "mkdir", "symlink", "unlink",
-                         "rename", "access", "list", "stat", "chdir", "chmod", "chown", "utime"))
-        if op == "rename":
+                         "rename", "link", "access", "list", "stat", "chdir", "chmod", "chown", "utime"))
+        if op in ("rename", "link"):
             steps.append((op, path, rng.choice(paths)))
         elif op == "access":
             steps.append((op, path, rng.randrange(1, 8)))
@@ -367,16 +385,16 @@ def _random_steps(rng, dirs, names, count):
     return steps
 
 
-VFS_FIRST = {"rename": ("EISDIR", "ENOTDIR", "ENOENT"), "unlink": ("EISDIR",)}
+VFS_FIRST = {"rename": ("EISDIR", "ENOTDIR", "ENOENT"), "unlink": ("EISDIR",), "link": ("EPERM",)}
 
 
 def test_the_daemon_decides_as_the_kernel_does(kernel_and_daemon_checked):
     """The same random operations, by root without capabilities, on the same tree:
     every errno the daemon's checks give must be the kernel's. Except where the
-    kernel fails a call before it asks the file system: an unlink of a folder, a
-    rename between a folder and a file or from a missing name. A checking kernel
-    refuses those for a folder's modes first; without it, the type or the missing
-    name is all it says."""
+    kernel fails a call before it asks the file system: an unlink or a hard link
+    of a folder, a rename between a folder and a file or from a missing name. A
+    checking kernel refuses those for a folder's modes first; without it, the
+    type or the missing name is all it says."""
     folders = {"open": (0o755, 0), "ro": (0o555, 0), "wx": (0o333, 0), "rw": (0o600, 0),
                "theirs": (0o755, OTHER), "group": (0o770, OTHER), "sticky": (0o1777, OTHER)}
     files = {"mine": (0o644, (0, 0)), "theirs": (0o666, (OTHER, OTHER)), "grp": (0o640, (OTHER, 0)),

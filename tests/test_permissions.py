@@ -8,14 +8,16 @@ import time
 from types import SimpleNamespace
 
 from e2efs.fs.permissions import (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, EXEC, READ,
-                                  WRITE, Caller, chmod_mode, may, may_chmod, may_chown, owns, sticky_allows, times_refused)
+                                  WRITE, Caller, by_mode, chmod_mode, may, may_chmod, may_chown,
+                                  may_hardlink, owns, sticky_allows, times_refused)
 
 ME, MINE, OTHER, THEIRS = 1000, 1000, 2000, 2000
 
 
 def caller(uid=ME, gid=MINE, caps=(), groups=()):
-    c = Caller(SimpleNamespace(uid=uid, gid=gid, pid=0))
-    c._status = {"CapEff": format(sum(1 << cap for cap in caps), "x"), "Groups": " ".join(map(str, groups))}
+    c = Caller(SimpleNamespace(uid=uid, gid=gid, pid=os.getpid()))      # in our user namespace
+    c._status = {b"CapEff": format(sum(1 << cap for cap in caps), "x").encode(),
+                 b"Groups": " ".join(map(str, groups)).encode()}
     return c
 
 
@@ -91,3 +93,26 @@ def test_any_writer_may_touch_but_only_the_owner_may_set_other_times():
     assert times_refused(writable, [now, now], caller()) is None
     assert times_refused(writable, [1, now], caller()) == errno.EPERM
     assert times_refused(st(stat.S_IFREG | 0o644, OTHER, THEIRS), [now], caller()) == errno.EACCES
+
+
+def test_what_the_bits_grant_the_mounter_the_kernel_may_cache_for_all():
+    assert by_mode(st(stat.S_IFDIR | 0o711, OTHER, THEIRS), EXEC, caller(uid=0, gid=0, caps=[CAP_DAC_OVERRIDE]))
+    private = st(stat.S_IFDIR | 0o770, OTHER, THEIRS)
+    assert may(private, EXEC, caller(groups=[THEIRS])) and not by_mode(private, EXEC, caller(groups=[THEIRS]))
+    assert not by_mode(st(stat.S_IFDIR | 0o700, OTHER), EXEC, caller(caps=[CAP_DAC_OVERRIDE]))
+
+
+def test_only_regular_files_lose_setid_bits_to_a_writer():
+    assert not may_chmod(st(stat.S_IFDIR | 0o2777, OTHER, THEIRS), 0o777, caller())
+
+
+def test_protected_hardlinks_keep_others_files_and_setid_programs_to_their_owners():
+    with open("/proc/sys/fs/protected_hardlinks") as f:
+        protected = f.read().strip() != "0"
+    assert may_hardlink(st(stat.S_IFREG | 0o000), caller())
+    assert may_hardlink(st(stat.S_IFREG | 0o666, OTHER, THEIRS), caller())
+    assert may_hardlink(st(stat.S_IFREG | 0o644, OTHER, THEIRS), caller()) is not protected
+    assert may_hardlink(st(stat.S_IFREG | 0o4777, OTHER, THEIRS), caller()) is not protected
+    assert may_hardlink(st(stat.S_IFREG | 0o2777, OTHER, THEIRS), caller()) is not protected
+    assert may_hardlink(st(stat.S_IFREG | 0o2767, OTHER, THEIRS), caller())     # setgid, not a program: locking
+    assert may_hardlink(st(stat.S_IFREG | 0o644, OTHER, THEIRS), caller(caps=[CAP_FOWNER]))

@@ -66,7 +66,7 @@ class OpenFiles:
         reads: a daemon without root's override meets a 0444 file so."""
         of = self.files.get(node.ino)
         if of is not None:
-            if write and not of.writable:
+            if write and not of.writable and not self.read_only:
                 self.make_writable(of)
             of.refs += 1
             return of
@@ -88,7 +88,7 @@ class OpenFiles:
     def make_writable(self, of: OpenFile) -> None:
         """A file opened read-only whose mode has let writing in since."""
         if not of.writable:
-            self.tree.reopen_writable(self.inodes.path(of.node), of.fd)
+            self.tree.reopen_writable(of.fd)
             of.writable = True
 
     def open_new(self, node: Node, parent: int, mode: int, owner: tuple[int, int] | None) -> OpenFile:

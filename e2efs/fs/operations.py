@@ -181,21 +181,22 @@ class Operations(pyfuse3.Operations):
         of = self.files.files.get(node.ino)
         return os.fstat(of.fd) if of else os.lstat(self.inodes.path(node))
 
-    def _require(self, node: Node, want: int, ctx) -> None:
-        if self.check_permissions and not permissions.may(self._stat(node), want, Caller(ctx)):
-            raise FUSEError(errno.EACCES)
-
-    def _may_add(self, parent: int, ctx) -> None:
-        """A name may be added to the folder (or it may lose one that is not sticky)."""
-        self._require(self.inodes.get(parent), WRITE | EXEC, ctx)
-
-    def _may_remove(self, parent: int, node: Node, ctx) -> None:
+    def _require(self, node: Node, want: int, caller: Caller) -> os.stat_result | None:
+        """The node's stat when checked (None when the kernel checks)."""
         if not self.check_permissions:
-            return
-        folder, caller = self._stat(self.inodes.get(parent)), Caller(ctx)
-        if not permissions.may(folder, WRITE | EXEC, caller):
+            return None
+        st = self._stat(node)
+        if not permissions.may(st, want, caller):
             raise FUSEError(errno.EACCES)
-        if folder.st_mode & stat.S_ISVTX and not permissions.sticky_allows(folder, self._stat(node), caller):
+        return st
+
+    def _may_add(self, parent: int, caller: Caller) -> None:
+        """A name may be added to the folder (or it may lose one that is not sticky)."""
+        self._require(self.inodes.get(parent), WRITE | EXEC, caller)
+
+    def _may_remove(self, parent: int, node: Node, caller: Caller) -> None:
+        folder = self._require(self.inodes.get(parent), WRITE | EXEC, caller)
+        if folder is not None and folder.st_mode & stat.S_ISVTX and not permissions.sticky_allows(folder, self._stat(node), caller):
             raise FUSEError(errno.EPERM)
 
     def _chown(self, path_or_fd, ctx) -> None:
@@ -276,8 +277,17 @@ class Operations(pyfuse3.Operations):
             return self._looked_up(self.inodes.get(node.link[0]) if node.links else node)
         if len(name) > 255:
             raise FUSEError(errno.ENAMETOOLONG)
-        self._require(self.inodes.get(parent_inode), EXEC, ctx)
+        caller = Caller(ctx)
+        folder = self._require(self.inodes.get(parent_inode), EXEC, caller)
         node, st = self.inodes.child_and_stat(parent_inode, name)
+        if folder is not None and not permissions.by_mode(folder, EXEC, caller):
+            # let in by a privilege another process of the mounter may lack: the
+            # kernel must ask again for the next one, not use what it caches
+            if node is None:
+                raise FUSEError(errno.ENOENT)
+            attrs = self._looked_up(node, st)
+            attrs.entry_timeout = 0
+            return attrs
         return self._looked_up(node, st) if node is not None else _ABSENT
 
     async def forget(self, inode_list):
@@ -298,7 +308,7 @@ class Operations(pyfuse3.Operations):
         of = self.files.files.get(inode)
         target = of.fd if of else self.inodes.path(node)
         if self.check_permissions and fh is None:      # with fh: ftruncate(2), checked at open, or
-            self._may_setattr(node, attr, fields, ctx)  # the kernel writing back its times
+            self._may_setattr(node, attr, fields, Caller(ctx))  # the kernel writing back its times
         if fields.update_size:
             if node.kind is not Kind.FILE:
                 raise FUSEError(errno.EINVAL)
@@ -327,16 +337,18 @@ class Operations(pyfuse3.Operations):
                 os.utime(target, ns=times)
         return self._attrs(node)
 
-    def _may_setattr(self, node: Node, attr, fields, ctx) -> None:
+    def _may_setattr(self, node: Node, attr, fields, caller: Caller) -> None:
         """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``."""
-        st, caller = self._stat(node), Caller(ctx)
+        st = self._stat(node)
+        chown = fields.update_uid or fields.update_gid
         if fields.update_size and not permissions.may(st, WRITE, caller):
             raise FUSEError(errno.EACCES)
-        if (fields.update_uid or fields.update_gid) and not permissions.may_chown(
+        if chown and not permissions.may_chown(
                 st, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1, caller):
             raise FUSEError(errno.EPERM)
-        if fields.update_mode:
-            if not permissions.may_chmod(st, attr.st_mode, caller):
+        if fields.update_mode:      # a chown comes with the kernel's taking setuid/setgid away
+            if not (permissions.may_chmod(st, attr.st_mode, caller)
+                    or chown and permissions.takes_setid_away(st, attr.st_mode)):
                 raise FUSEError(errno.EPERM)
             attr.st_mode = permissions.chmod_mode(st, attr.st_mode, caller)
         times = [t for t, update in ((attr.st_atime_ns, fields.update_atime),
@@ -373,30 +385,27 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
-        searchable = True
-        if self.check_permissions:
-            st, caller = self._stat(node), Caller(ctx)
-            if not permissions.may(st, READ, caller):
-                raise FUSEError(errno.EACCES)
-            searchable = permissions.may(st, EXEC, caller)
+        caller = Caller(ctx)
+        st = self._require(node, READ, caller)
+        shared = st is None or permissions.by_mode(st, EXEC, caller)
         fh = self._next_dir_handle
         self._next_dir_handle += 1
-        self._dir_handles[fh] = (inode, None, searchable)      # listed at the first readdir: an fsync needs none
+        self._dir_handles[fh] = (inode, None, shared)      # listed at the first readdir: an fsync needs none
         return fh
 
     @_guarded
     def readdir(self, fh, start_id, token):
-        parent, names, searchable = self._dir_handles[fh]
+        parent, names, shared = self._dir_handles[fh]
         listing = self.tree.entries(self.inodes.dir(parent))
         if names is None:       # the snapshot this handle's offsets index into
             names = sorted(listing.keys() | self.inodes.pending_names(parent))
-            self._dir_handles[fh] = (parent, names, searchable)
+            self._dir_handles[fh] = (parent, names, shared)
         for i in range(start_id, len(names)):
             node, st = self.inodes.child_and_stat(parent, names[i], listing)
             if node is None:
                 continue                    # removed since opendir
             attrs = self._attrs(node, st)
-            if not searchable:      # the kernel must ask (and be refused) before it uses the name
+            if not shared:      # the kernel must ask before it uses the name (see lookup)
                 attrs.entry_timeout = 0
             if not pyfuse3.readdir_reply(token, names[i], attrs, i + 1):
                 if node.lookups == 0 and node.ino not in self.files.files:
@@ -419,7 +428,7 @@ class Operations(pyfuse3.Operations):
     def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
         self._absent(parent_inode, name)
-        self._may_add(parent_inode, ctx)
+        self._may_add(parent_inode, Caller(ctx))
         entry = self.tree.mkdir(self.inodes.dir(parent_inode), name, stat.S_IMODE(mode))
         return self._new_entry(parent_inode, name, entry, ctx)
 
@@ -429,7 +438,7 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent_inode, name)
         if node.kind is not Kind.DIR:
             raise FUSEError(errno.ENOTDIR)
-        self._may_remove(parent_inode, node, ctx)
+        self._may_remove(parent_inode, node, Caller(ctx))
         d = self.inodes.dir(node.ino)
         if self.tree.entries(d) or self.inodes.pending_names(node.ino):
             raise FUSEError(errno.ENOTEMPTY)
@@ -454,7 +463,7 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent_inode, name)
         if node.kind is Kind.DIR:
             raise FUSEError(errno.EISDIR)
-        self._may_remove(parent_inode, node, ctx)
+        self._may_remove(parent_inode, node, Caller(ctx))
         link = (parent_inode, name)
         if node.links[link] is not None:
             self.files.settle(node)
@@ -465,7 +474,7 @@ class Operations(pyfuse3.Operations):
     def symlink(self, parent_inode, name, target, ctx):
         self._writable()
         self._absent(parent_inode, name)
-        self._may_add(parent_inode, ctx)
+        self._may_add(parent_inode, Caller(ctx))
         entry = self.tree.symlink(self.inodes.dir(parent_inode), name, target)
         return self._new_entry(parent_inode, name, entry, ctx)
 
@@ -473,7 +482,7 @@ class Operations(pyfuse3.Operations):
     def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
         self._absent(parent_inode, name)
-        self._may_add(parent_inode, ctx)
+        self._may_add(parent_inode, Caller(ctx))
         d = self.inodes.dir(parent_inode)
         if stat.S_ISREG(mode):
             entry = self.tree.write_file(d, name, [], mode=stat.S_IMODE(mode))
@@ -485,8 +494,10 @@ class Operations(pyfuse3.Operations):
     def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
         self._absent(new_parent_inode, new_name)
-        self._may_add(new_parent_inode, ctx)
-        node = self.inodes.get(inode)
+        node, caller = self.inodes.get(inode), Caller(ctx)
+        if self.check_permissions and not permissions.may_hardlink(self._stat(node), caller):
+            raise FUSEError(errno.EPERM)
+        self._may_add(new_parent_inode, caller)
         self._commit_pending(node)
         if not node.links:
             raise FUSEError(errno.ENOENT)
@@ -506,6 +517,7 @@ class Operations(pyfuse3.Operations):
         target = self.inodes.child(parent_inode_new, name_new)
         if target is node:
             return
+        self._may_rename(parent_inode_old, node, parent_inode_new, target, Caller(ctx))
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FUSEError(errno.EEXIST)
@@ -517,7 +529,6 @@ class Operations(pyfuse3.Operations):
                 raise FUSEError(errno.ENOTEMPTY)
             if target.kind is Kind.DIR:
                 self._remove_stray_temps(target.ino, self.inodes.dir(target.ino))
-        self._may_rename(parent_inode_old, node, parent_inode_new, target, ctx)
         self._commit_pending(node)
         self.files.settle()
         old_link, new_link = (parent_inode_old, name_old), (parent_inode_new, name_new)
@@ -528,14 +539,15 @@ class Operations(pyfuse3.Operations):
         if target is not None:      # replaced (an uncommitted new file only in the table)
             self._drop_name(target, new_link)
 
-    def _may_rename(self, old_parent: int, node: Node, new_parent: int, target: Node | None, ctx) -> None:
-        self._may_remove(old_parent, node, ctx)
+    def _may_rename(self, old_parent: int, node: Node, new_parent: int, target: Node | None,
+                    caller: Caller) -> None:
+        self._may_remove(old_parent, node, caller)
         if target is not None:
-            self._may_remove(new_parent, target, ctx)
+            self._may_remove(new_parent, target, caller)
         else:
-            self._may_add(new_parent, ctx)
+            self._may_add(new_parent, caller)
         if node.kind is Kind.DIR and new_parent != old_parent:
-            self._require(node, WRITE, ctx)         # its ".." changes
+            self._require(node, WRITE, caller)         # its ".." changes
 
     def _drop_name(self, node: Node, link) -> None:
         """A name is gone: a node nobody holds is forgotten; an open file whose
@@ -556,7 +568,7 @@ class Operations(pyfuse3.Operations):
     def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
         self._absent(parent_inode, name)
-        self._may_add(parent_inode, ctx)
+        self._may_add(parent_inode, Caller(ctx))
         node = self.inodes.new(Kind.FILE)
         owner = (ctx.uid, ctx.gid) if self._owner else None
         try:
@@ -573,11 +585,11 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.FILE:
             raise FUSEError(errno.EINVAL if node.kind is Kind.DIR else errno.ENXIO)
         access = flags & os.O_ACCMODE
-        if flags & FMODE_EXEC:
-            self._require(node, EXEC, ctx)      # execve(2): a program may be run without being readable
+        if flags & FMODE_EXEC:      # execve(2): a program may be run without being readable
+            self._require(node, EXEC, Caller(ctx))
         else:
             self._require(node, (READ if access != os.O_WRONLY else 0)
-                          | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0), ctx)
+                          | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0), Caller(ctx))
         truncate = flags & os.O_TRUNC and access != os.O_RDONLY
         if truncate and not self.read_only and inode not in self.files.files and node.links:
             st = os.lstat(self.inodes.path(node))

@@ -9,7 +9,8 @@ the folder changes: a third of untar's requests (docs/PERFORMANCE.md).
 The rules are the kernel's (``generic_permission``, ``may_delete``,
 ``setattr_prepare``), with the capabilities that override them
 (capabilities(7)).  A caller's capabilities and supplementary groups are read
-from /proc only when the mode bits alone say no.
+from /proc only when the mode bits alone say no; capabilities count only in the
+daemon's own user namespace (in one of its own, any process has them all).
 """
 
 import errno
@@ -23,6 +24,16 @@ SETID = stat.S_ISUID | stat.S_ISGID
 NOW_SLACK_NS = 1_000_000_000     # pyfuse3 turns UTIME_NOW into the current time
 
 
+def _user_namespace(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/user").st_ino
+    except OSError:
+        return None
+
+
+_OWN_USER_NAMESPACE = _user_namespace("self")
+
+
 class Caller:
     """The process behind one request; ``ctx`` is pyfuse3's RequestContext."""
 
@@ -30,25 +41,42 @@ class Caller:
 
     def __init__(self, ctx):
         self.uid, self.gid, self.pid = ctx.uid, ctx.gid, ctx.pid
-        self._status: dict[str, str] | None = None
+        self._status: dict[bytes, bytes] | None = None
 
-    def _field(self, name: str) -> str:
+    def _field(self, name: bytes) -> bytes:
         if self._status is None:
             self._status = {}
-            try:        # a caller that has exited has no privileges left to use
-                with open(f"/proc/{self.pid}/status") as f:
+            try:        # bytes: the process name in it need not be UTF-8
+                with open(f"/proc/{self.pid}/status", "rb") as f:
                     for line in f:
-                        key, _, value = line.partition(":")
-                        self._status[key] = value.strip()
+                        key, _, value = line.partition(b":")
+                        if key in (b"CapEff", b"Groups"):
+                            self._status[key] = value.strip()
             except OSError:
-                pass
-        return self._status.get(name, "")
+                pass    # a caller that has exited has no privileges left to use
+        return self._status.get(name, b"")
 
     def in_group(self, gid: int) -> bool:
-        return gid == self.gid or str(gid) in self._field("Groups").split()
+        return gid == self.gid or str(gid).encode() in self._field(b"Groups").split()
 
     def capable(self, cap: int) -> bool:
-        return bool(int(self._field("CapEff") or "0", 16) >> cap & 1)
+        caps = self._field(b"CapEff")
+        if not caps or not int(caps, 16) >> cap & 1:
+            return False
+        return _OWN_USER_NAMESPACE is not None and _user_namespace(self.pid) == _OWN_USER_NAMESPACE
+
+
+def by_mode(st: os.stat_result, want: int, caller: Caller) -> bool:
+    """The mode bits alone grant ``want`` to the mounter's uid and primary group,
+    so to every process the kernel lets in: what one was granted, the kernel may
+    cache for all."""
+    if st.st_uid == caller.uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == caller.gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
 
 
 def may(st: os.stat_result, want: int, caller: Caller) -> bool:
@@ -74,13 +102,33 @@ def owns(st: os.stat_result, caller: Caller) -> bool:
     return st.st_uid == caller.uid or caller.capable(CAP_FOWNER)
 
 
-def may_chmod(st: os.stat_result, mode: int, caller: Caller) -> bool:
-    """The owner's; anyone who may write the file may take its setuid and setgid
-    bits away, as the kernel does on a write, truncate or chown by a non-owner
-    (here those come as a chmod like any other)."""
+def takes_setid_away(st: os.stat_result, mode: int) -> bool:
+    """``mode`` is a regular file's mode less setuid or setgid: what the kernel
+    asks for after a write, truncate or chown by a non-owner (here as a chmod
+    like any other)."""
     old, new = stat.S_IMODE(st.st_mode), stat.S_IMODE(mode)
-    takes_setid_away = new != old and not new & ~old and new | SETID == old | SETID
-    return owns(st, caller) or (takes_setid_away and may(st, WRITE, caller))
+    return stat.S_ISREG(st.st_mode) and new != old and not new & ~old and new | SETID == old | SETID
+
+
+def may_chmod(st: os.stat_result, mode: int, caller: Caller) -> bool:
+    """The owner's; a writer's too where it only takes setuid/setgid away."""
+    return owns(st, caller) or (takes_setid_away(st, mode) and may(st, WRITE, caller))
+
+
+def may_hardlink(st: os.stat_result, caller: Caller) -> bool:
+    """fs.protected_hardlinks: a file one may not read and write, or a setuid
+    or setgid program, only its owner may link."""
+    if owns(st, caller):
+        return True
+    try:
+        with open("/proc/sys/fs/protected_hardlinks", "rb") as f:
+            if f.read().strip() == b"0":
+                return True
+    except OSError:
+        pass
+    mode = st.st_mode
+    return (stat.S_ISREG(mode) and not mode & stat.S_ISUID and not (mode & stat.S_ISGID and mode & stat.S_IXGRP)
+            and may(st, READ | WRITE, caller))
 
 
 def sticky_allows(folder: os.stat_result, st: os.stat_result, caller: Caller) -> bool:
