@@ -9,9 +9,12 @@
    clean remounts and SIGKILLs between operations; after each the whole tree is
    compared with the model.
 3. One directory with 100 000 entries: create, list, remount, list, look up.
+4. The daemon's permission checks against the kernel's: random operations by
+   root without capabilities on a mount with --allow-other (the kernel checks)
+   and one without (the daemon checks), every errno compared (as root only).
 
 Prints operations done, kills, remounts and anomalies (0 expected); exit 1 on
-any anomaly.  Options: --kills N, --ops N, --big N, --seed S.
+any anomaly.  Options: --kills N, --ops N, --big N, --perm-ops N, --seed S.
 """
 
 import argparse
@@ -29,6 +32,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 from conftest import Mount, _fuse_missing  # noqa: E402
 import test_crash  # noqa: E402
+import test_mount_permissions  # noqa: E402
 
 
 class Stats:
@@ -260,11 +264,32 @@ def big_directory(base: str, n: int, stats: Stats) -> None:
         m.teardown()
 
 
+# -- 4. permission checks against the kernel's ----------------------------------
+
+def permissions_against_kernel(base: str, count: int, rng: random.Random, stats: Stats) -> None:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        print("  permissions: skipped (needs root and setpriv to drop capabilities)", flush=True)
+        return
+    kernel, daemon = new_mount(base, "perm-kernel"), new_mount(base, "perm-daemon")
+    try:
+        differences, answers = test_mount_permissions.kernel_versus_daemon(kernel, daemon, rng, count)
+        stats.ops += 2 * count
+        for line in differences:
+            stats.anomaly(f"permissions: {line}")
+        print(f"  permissions: 2 x {count} operations, answers {sorted(answers)}, "
+              f"{len(differences)} differences from the kernel", flush=True)
+    finally:
+        kernel.teardown()
+        daemon.teardown()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=120, help="kill points (default 120)")
     ap.add_argument("--ops", type=int, default=4000, help="random operations (default 4000)")
     ap.add_argument("--big", type=int, default=100_000, help="entries in the big directory (0 = skip)")
+    ap.add_argument("--perm-ops", type=int, default=10_000,
+                    help="random operations per caller against the kernel's permission checks (default 10000)")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     args = ap.parse_args()
     reason = _fuse_missing()
@@ -283,6 +308,8 @@ def main() -> int:
             random_ops(base, args.ops, rng, stats)
         if args.big:
             big_directory(base, args.big, stats)
+        if args.perm_ops:
+            permissions_against_kernel(base, args.perm_ops, rng, stats)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"\nstress done in {time.monotonic() - started:.0f} s (seed {args.seed}):")
