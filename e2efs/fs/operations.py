@@ -281,8 +281,8 @@ class Operations(pyfuse3.Operations):
         folder = self._require(self.inodes.get(parent_inode), EXEC, caller)
         node, st = self.inodes.child_and_stat(parent_inode, name)
         if folder is not None and not permissions.by_mode(folder, EXEC, caller):
-            # let in by a privilege another process of the mounter may lack: the
-            # kernel must ask again for the next one, not use what it caches
+            # let in only by a privilege (a capability, a supplementary group) another
+            # of the mounter's processes may lack: the kernel must not cache the answer
             if node is None:
                 raise FUSEError(errno.ENOENT)
             attrs = self._looked_up(node, st)
@@ -346,7 +346,7 @@ class Operations(pyfuse3.Operations):
         if chown and not permissions.may_chown(
                 st, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1, caller):
             raise FUSEError(errno.EPERM)
-        if fields.update_mode:      # a chown comes with the kernel's taking setuid/setgid away
+        if fields.update_mode:      # with a chown: the kernel's own removal of setuid/setgid
             if not (permissions.may_chmod(st, attr.st_mode, caller)
                     or chown and permissions.takes_setid_away(st, attr.st_mode)):
                 raise FUSEError(errno.EPERM)
