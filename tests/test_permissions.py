@@ -15,9 +15,8 @@ ME, MINE, OTHER, THEIRS = 1000, 1000, 2000, 2000
 
 
 def caller(uid=ME, gid=MINE, caps=(), groups=()):
-    c = Caller(SimpleNamespace(uid=uid, gid=gid, pid=os.getpid()))      # in our user namespace
-    c._status = {b"CapEff": format(sum(1 << cap for cap in caps), "x").encode(),
-                 b"Groups": " ".join(map(str, groups)).encode()}
+    c = Caller(SimpleNamespace(uid=uid, gid=gid, pid=0))
+    c._groups, c._caps = [str(g).encode() for g in groups], sum(1 << cap for cap in caps)
     return c
 
 

@@ -66,7 +66,7 @@ class OpenFiles:
         reads: a daemon without root's override meets a 0444 file so."""
         of = self.files.get(node.ino)
         if of is not None:
-            if write and not of.writable and not self.read_only:
+            if write and not self.read_only:
                 self.make_writable(of)
             of.refs += 1
             return of

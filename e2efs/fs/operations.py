@@ -196,7 +196,8 @@ class Operations(pyfuse3.Operations):
 
     def _may_remove(self, parent: int, node: Node, caller: Caller) -> None:
         folder = self._require(self.inodes.get(parent), WRITE | EXEC, caller)
-        if folder is not None and folder.st_mode & stat.S_ISVTX and not permissions.sticky_allows(folder, self._stat(node), caller):
+        if (folder is not None and folder.st_mode & stat.S_ISVTX
+                and not permissions.sticky_allows(folder, self._stat(node), caller)):
             raise FUSEError(errno.EPERM)
 
     def _chown(self, path_or_fd, ctx) -> None:
@@ -586,13 +587,16 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EINVAL if node.kind is Kind.DIR else errno.ENXIO)
         access = flags & os.O_ACCMODE
         if flags & FMODE_EXEC:      # execve(2): a program may be run without being readable
-            self._require(node, EXEC, Caller(ctx))
+            want = EXEC
         else:
-            self._require(node, (READ if access != os.O_WRONLY else 0)
-                          | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0), Caller(ctx))
+            want = ((READ if access != os.O_WRONLY else 0)
+                    | (WRITE if access != os.O_RDONLY or flags & os.O_TRUNC else 0))
+        checked = self._require(node, want, Caller(ctx))
+        is_open = inode in self.files.files
+        backing = None if is_open else checked      # the backing lstat, if the check made one
         truncate = flags & os.O_TRUNC and access != os.O_RDONLY
-        if truncate and not self.read_only and inode not in self.files.files and node.links:
-            st = os.lstat(self.inodes.path(node))
+        if truncate and not self.read_only and not is_open and node.links:
+            st = backing = backing or os.lstat(self.inodes.path(node))
             if st.st_nlink == 1:         # new content goes to a temp file; the old stays until commit
                 try:
                     self.files.open_new(node, node.link[0], stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
@@ -602,8 +606,8 @@ class Operations(pyfuse3.Operations):
         # The kernel may keep its cached pages only if the ciphertext is still what
         # this mount last wrote or read: a sync client's (or an attacker's) change
         # must be read, and authenticated, afresh.
-        keep = inode in self.files.files or (
-            node.cache_sig is not None and node.cache_sig == backing_signature(os.lstat(self.inodes.path(node))))
+        keep = is_open or (node.cache_sig is not None
+                           and node.cache_sig == backing_signature(backing or os.lstat(self.inodes.path(node))))
         of = self.files.open(node, write=access != os.O_RDONLY)
         if truncate:
             of.content.truncate(0)

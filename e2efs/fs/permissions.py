@@ -37,57 +37,61 @@ _OWN_USER_NAMESPACE = _user_namespace("self")
 class Caller:
     """The process behind one request; ``ctx`` is pyfuse3's RequestContext."""
 
-    __slots__ = ("uid", "gid", "pid", "_status")
+    __slots__ = ("uid", "gid", "pid", "_groups", "_caps")
 
     def __init__(self, ctx):
         self.uid, self.gid, self.pid = ctx.uid, ctx.gid, ctx.pid
-        self._status: dict[bytes, bytes] | None = None
+        self._groups: list[bytes] | None = None     # read from /proc at the first need
+        self._caps = 0
 
-    def _field(self, name: bytes) -> bytes:
-        if self._status is None:
-            self._status = {}
-            try:        # bytes: the process name in it need not be UTF-8
-                with open(f"/proc/{self.pid}/status", "rb") as f:
-                    for line in f:
-                        key, _, value = line.partition(b":")
-                        if key in (b"CapEff", b"Groups"):
-                            self._status[key] = value.strip()
-            except OSError:
-                pass    # a caller that has exited has no privileges left to use
-        return self._status.get(name, b"")
+    def _read_status(self) -> None:
+        self._groups = []
+        caps = b""
+        try:        # bytes: the process name in it need not be UTF-8
+            with open(f"/proc/{self.pid}/status", "rb") as f:
+                for line in f:
+                    key, _, value = line.partition(b":")
+                    if key == b"Groups":
+                        self._groups = value.split()
+                    elif key == b"CapEff":
+                        caps = value.strip()
+        except OSError:
+            return      # a caller that has exited has no privileges left to use
+        if caps and _OWN_USER_NAMESPACE is not None and _user_namespace(self.pid) == _OWN_USER_NAMESPACE:
+            self._caps = int(caps, 16)
 
     def in_group(self, gid: int) -> bool:
-        return gid == self.gid or str(gid).encode() in self._field(b"Groups").split()
+        if gid == self.gid:
+            return True
+        if self._groups is None:
+            self._read_status()
+        return str(gid).encode() in self._groups
 
     def capable(self, cap: int) -> bool:
-        caps = self._field(b"CapEff")
-        if not caps or not int(caps, 16) >> cap & 1:
-            return False
-        return _OWN_USER_NAMESPACE is not None and _user_namespace(self.pid) == _OWN_USER_NAMESPACE
+        if self._groups is None:
+            self._read_status()
+        return bool(self._caps >> cap & 1)
+
+
+def _class_bits(st: os.stat_result, caller: Caller, in_group) -> int:
+    """The rwx bits of the class (owner, group, other) the caller falls in."""
+    if st.st_uid == caller.uid:
+        return st.st_mode >> 6 & 7
+    if in_group(st.st_gid):
+        return st.st_mode >> 3 & 7
+    return st.st_mode & 7
 
 
 def by_mode(st: os.stat_result, want: int, caller: Caller) -> bool:
     """The mode bits alone grant ``want`` to the mounter's uid and primary group,
     so to every process the kernel lets in: what one was granted, the kernel may
     cache for all."""
-    if st.st_uid == caller.uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid == caller.gid:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & want == want
+    return _class_bits(st, caller, lambda gid: gid == caller.gid) & want == want
 
 
 def may(st: os.stat_result, want: int, caller: Caller) -> bool:
     """``want``: READ | WRITE | EXEC bits, as for access(2)."""
-    if st.st_uid == caller.uid:
-        bits = st.st_mode >> 6
-    elif caller.in_group(st.st_gid):
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    if bits & want == want:
+    if _class_bits(st, caller, caller.in_group) & want == want:
         return True
     is_dir = stat.S_ISDIR(st.st_mode)
     if want & EXEC and not is_dir and not st.st_mode & 0o111:
