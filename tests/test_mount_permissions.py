@@ -8,8 +8,8 @@ which the kernel admits and the modes bind like anyone.
 """
 
 import json
-import random
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -22,91 +22,9 @@ import pytest
 from conftest import Mount, _fuse_missing
 
 NOBODY = 65534
-
-
-def as_nobody(code: str, *args) -> subprocess.CompletedProcess:
-    """Run Python ``code`` as uid/gid 65534; its stdout is the errno name or OK."""
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=30)
-
+OTHER = 12345
 
 PROBE = """
-import errno, os, sys
-op, path = sys.argv[1], sys.argv[2]
-try:
-    if op == "read":
-        open(path, "rb").read()
-    elif op == "write":
-        open(path, "ab").write(b"x")
-    elif op == "create":
-        open(path, "xb").close()
-    elif op == "chmod":
-        os.chmod(path, 0o777)
-    elif op == "chown":
-        os.chown(path, 65534, 65534)
-    elif op == "list":
-        os.listdir(path)
-    print("OK")
-except OSError as exc:
-    print(errno.errorcode[exc.errno])
-"""
-
-
-@pytest.fixture
-def shared_mount():
-    reason = _fuse_missing() or (None if shutil.which("setpriv") and os.geteuid() == 0 else
-                                 "needs root and setpriv to act as another user")
-    if reason:
-        print(f"skipping permission test: {reason}")
-        pytest.skip(reason)
-    top = Path(tempfile.mkdtemp(prefix="e2efs-perm-"))
-    os.chmod(top, 0o755)
-    (top / "run").mkdir()
-    m = Mount(top, str(top / "run"))
-    os.chmod(m.path, 0o755)
-    try:
-        m.mount("--allow-other")
-        yield m
-    finally:
-        m.teardown()
-        shutil.rmtree(top, ignore_errors=True)
-
-
-def probe(op, path) -> str:
-    return as_nobody(PROBE, op, path).stdout.strip()
-
-
-def test_modes_and_owners_are_enforced_for_other_users(shared_mount):
-    m = shared_mount
-    with open(m.p("private.db"), "wb") as f:
-        f.write(b"root's messages")
-    os.chmod(m.p("private.db"), 0o600)
-    with open(m.p("shared.txt"), "wb") as f:
-        f.write(b"readable")
-    os.chmod(m.p("shared.txt"), 0o644)
-    os.mkdir(m.p("locked"), 0o700)
-    os.mkdir(m.p("drop"))
-    os.chmod(m.p("drop"), 0o777)            # not through mkdir: the umask would take bits away
-
-    assert probe("read", m.p("private.db")) == "EACCES"
-    assert probe("read", m.p("shared.txt")) == "OK"
-    assert probe("write", m.p("shared.txt")) == "EACCES"
-    assert probe("chmod", m.p("shared.txt")) == "EPERM"
-    assert probe("chown", m.p("shared.txt")) == "EPERM"
-    assert probe("list", m.p("locked")) == "EACCES"
-    assert probe("create", m.p("new.txt")) == "EACCES"
-    assert probe("create", m.p("drop", "mine.txt")) == "OK"
-    st = os.stat(m.p("drop", "mine.txt"))
-    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
-
-    m.remount("--allow-other")              # owners and modes live in the vault, not in the daemon
-    assert probe("read", m.p("private.db")) == "EACCES"
-    assert os.stat(m.p("drop", "mine.txt")).st_uid == NOBODY
-
-
-# -- a private mount: the daemon checks, as the kernel would ----------------------
-
-BATCH_PROBE = """
 import errno, json, os, sys
 def run(op, *a):
     if op == "read":
@@ -158,26 +76,86 @@ for step in json.load(sys.stdin):
 print(json.dumps(out))
 """
 
-OTHER = 12345
+
+def run_probe(steps, *setpriv_args) -> list[str]:
+    """Run ``steps`` ([op, path, ...]) under setpriv; the errno name or OK of each."""
+    done = subprocess.run(["setpriv", *setpriv_args, sys.executable, "-c", PROBE],
+                          input=json.dumps(steps), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def probe(op, path, *args) -> str:
+    """One step as uid/gid 65534."""
+    return run_probe([(op, path, *args)], f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")[0]
+
+
+def _skip_unless_root_with_setpriv(purpose: str) -> None:
+    reason = _fuse_missing() or (None if shutil.which("setpriv") and os.geteuid() == 0 else
+                                 f"needs root and setpriv to {purpose}")
+    if reason:
+        print(f"skipping permission test: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def shared_mount():
+    _skip_unless_root_with_setpriv("act as another user")
+    top = Path(tempfile.mkdtemp(prefix="e2efs-perm-"))
+    os.chmod(top, 0o755)
+    (top / "run").mkdir()
+    m = Mount(top, str(top / "run"))
+    os.chmod(m.path, 0o755)
+    try:
+        m.mount("--allow-other")
+        yield m
+    finally:
+        m.teardown()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_modes_and_owners_are_enforced_for_other_users(shared_mount):
+    m = shared_mount
+    with open(m.p("private.db"), "wb") as f:
+        f.write(b"root's messages")
+    os.chmod(m.p("private.db"), 0o600)
+    with open(m.p("shared.txt"), "wb") as f:
+        f.write(b"readable")
+    os.chmod(m.p("shared.txt"), 0o644)
+    os.mkdir(m.p("locked"), 0o700)
+    os.mkdir(m.p("drop"))
+    os.chmod(m.p("drop"), 0o777)            # not through mkdir: the umask would take bits away
+
+    assert probe("read", m.p("private.db")) == "EACCES"
+    assert probe("read", m.p("shared.txt")) == "OK"
+    assert probe("append", m.p("shared.txt")) == "EACCES"
+    assert probe("chmod", m.p("shared.txt"), 0o777) == "EPERM"
+    assert probe("chown", m.p("shared.txt"), NOBODY, NOBODY) == "EPERM"
+    assert probe("list", m.p("locked")) == "EACCES"
+    assert probe("create", m.p("new.txt")) == "EACCES"
+    assert probe("create", m.p("drop", "mine.txt")) == "OK"
+    st = os.stat(m.p("drop", "mine.txt"))
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+
+    m.remount("--allow-other")              # owners and modes live in the vault, not in the daemon
+    assert probe("read", m.p("private.db")) == "EACCES"
+    assert os.stat(m.p("drop", "mine.txt")).st_uid == NOBODY
+
+
+# -- a private mount: the daemon checks, as the kernel would ----------------------
 
 
 def without_privileges(steps, *setpriv_args, bounding="-all", within=()) -> list[str]:
     """Run ``steps`` as uid 0 with no capabilities: the mounter's uid, so the kernel
     lets it in without allow_other, but bound by modes and owners like anyone.
     ``within``: a command to run the probe under (e.g. in a user namespace)."""
-    done = subprocess.run(["setpriv", "--inh-caps=-all", "--ambient-caps=-all", f"--bounding-set={bounding}",
-                           *setpriv_args, *within, sys.executable, "-c", BATCH_PROBE],
-                          input=json.dumps(steps), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return run_probe(steps, "--inh-caps=-all", "--ambient-caps=-all", f"--bounding-set={bounding}",
+                     *setpriv_args, *within)
 
 
 @pytest.fixture
 def private_mount(vault_mount):
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        reason = "needs root and setpriv to drop capabilities"
-        print(f"skipping permission test: {reason}")
-        pytest.skip(reason)
+    _skip_unless_root_with_setpriv("drop capabilities")
     vault_mount.mount()
     return vault_mount
 
@@ -300,10 +278,7 @@ def test_modes_and_owners_bind_the_mounter_without_allow_other(private_mount):
 def unprivileged_daemon(vault_mount):
     """The daemon as root without the capabilities that override modes: the
     backing files' modes bind it as they bind a user's own daemon."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        reason = "needs root and setpriv to drop capabilities"
-        print(f"skipping permission test: {reason}")
-        pytest.skip(reason)
+    _skip_unless_root_with_setpriv("drop capabilities")
     vault_mount.daemon_prefix = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
                                  "--bounding-set=-dac_override,-dac_read_search,-fowner"]
     vault_mount.mount()
@@ -343,10 +318,7 @@ def test_a_daemon_bound_by_modes_reads_and_writes_read_only_files(unprivileged_d
 def kernel_and_daemon_checked(tmp_path):
     """Two vaults: one mounted with --allow-other (the kernel checks), one without
     (the daemon checks)."""
-    if _fuse_missing() or os.geteuid() != 0 or not shutil.which("setpriv"):
-        reason = _fuse_missing() or "needs root and setpriv to drop capabilities"
-        print(f"skipping permission test: {reason}")
-        pytest.skip(reason)
+    _skip_unless_root_with_setpriv("drop capabilities")
     mounts = []
     try:
         for name in ("kernel", "daemon"):
