@@ -1198,9 +1198,42 @@ def machine():
         vers["pyfuse3"] = getattr(pyfuse3, "__version__", "?")
     except ImportError:
         vers["pyfuse3"] = None
+    vers["libfuse"] = libfuse_version()
     vers["e2efs"] = e2efs_source()
     return dict(cpu=cpu, cores=os.cpu_count(), aes="aes" in flags.split(), vaes="vaes" in flags.split(),
-                mem_gib=round(mem, 1), kernel=platform.release(), python=platform.python_version(), versions=vers)
+                mem_gib=round(mem, 1), kernel=platform.release(), python=platform.python_version(),
+                idle=idle_policy(), versions=vers)
+
+
+def libfuse_version() -> str | None:
+    """What INIT can negotiate depends on it (3.14 never passes FUSE_HANDLE_KILLPRIV on)."""
+    try:
+        out = subprocess.run(["fusermount3", "-V"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.rsplit(":", 1)[-1].strip() or None
+
+
+def idle_policy() -> str | None:
+    """How an idle CPU waits.  A program waiting for a FUSE reply sleeps, so each
+    reply wakes it on an idle CPU; where idle vCPUs halt at once (cpuidle haltpoll
+    with guest_halt_poll_ns 0) each wake-up is a round trip through the host:
+    securefs's SQLite row halves when they poll first, and the verdicts of the
+    small-file rows change (docs/PERFORMANCE.md, tenth round)."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+    cpuidle = "/sys/devices/system/cpu/cpuidle"
+    driver = read(f"{cpuidle}/current_driver")
+    if driver is None:
+        return None
+    governor = read(f"{cpuidle}/current_governor") or read(f"{cpuidle}/current_governor_ro")
+    poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return (f"cpuidle {driver}/{governor}"
+            + (f", guest_halt_poll_ns {poll_ns}" if poll_ns is not None else ""))
 
 
 def e2efs_folder() -> str | None:
@@ -1241,7 +1274,7 @@ def e2efs_source() -> str:
 def machine_md():
     m = machine()
     return (f"Machine: {m['cpu']}, {m['cores']} cores (AES-NI {m['aes']}, VAES {m['vaes']}), {m['mem_gib']} GiB, "
-            f"kernel {m['kernel']}, Python {m['python']}; " +
+            f"kernel {m['kernel']}, Python {m['python']}" + (f", idle CPUs: {m['idle']}" if m["idle"] else "") + "; " +
             ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -84,3 +85,19 @@ def test_a_group_that_fails_midway_fails_only_what_it_had_not_measured():
     bench_run = SimpleNamespace(args=SimpleNamespace(only=["sqlite", "sqlitewal"]), results=results)
     done = {"sqlite": 1, "sqlitewal": 0}           # this run measured sqlite, then WAL mode failed
     assert bench.Bench.unmeasured(bench_run, ["sqlite", "sqlitewal"], SimpleNamespace(name="e2efs"), done) == ["sqlitewal"]
+
+
+def test_the_machine_line_names_libfuse_and_how_idle_cpus_wait():
+    """Both change the small-file rows' verdicts (PERFORMANCE.md, tenth round)."""
+    line = bench.machine_md()
+    m = bench.machine()
+    if os.path.exists("/usr/bin/fusermount3") or os.path.exists("/bin/fusermount3"):
+        assert re.fullmatch(r"\d+\.\d+(\.\d+)?", m["versions"]["libfuse"])
+        assert f"libfuse {m['versions']['libfuse']}" in line
+    driver = "/sys/devices/system/cpu/cpuidle/current_driver"
+    if os.path.exists(driver):
+        with open(driver) as f:
+            assert m["idle"].startswith(f"cpuidle {f.read().strip()}/")
+        assert f"idle CPUs: {m['idle']};" in line
+    else:
+        assert m["idle"] is None and "idle CPUs" not in line
