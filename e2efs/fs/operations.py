@@ -308,8 +308,9 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         of = self.files.files.get(inode)
         target = of.fd if of else self.inodes.path(node)
-        if self.check_permissions and fh is None:      # with fh: ftruncate(2), checked at open, or
-            self._may_setattr(node, attr, fields, Caller(ctx))  # the kernel writing back its times
+        checked = None      # with fh: ftruncate(2), checked at open, or the kernel writing back its times
+        if self.check_permissions and fh is None:
+            checked = self._may_setattr(node, attr, fields, Caller(ctx))
         if fields.update_size:
             if node.kind is not Kind.FILE:
                 raise FUSEError(errno.EINVAL)
@@ -329,7 +330,10 @@ class Operations(pyfuse3.Operations):
             os.chown(target, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1)
         if fields.update_atime or fields.update_mtime:
-            old = of.times if of and of.times else _times(os.stat(target))
+            if of and of.times:
+                old = of.times
+            else:       # a chmod or chown leaves the times as the check saw them, a truncate does not
+                old = _times(checked if checked is not None and not fields.update_size else os.stat(target))
             times = (attr.st_atime_ns if fields.update_atime else old[0],
                      attr.st_mtime_ns if fields.update_mtime else old[1])
             if of:
@@ -338,8 +342,9 @@ class Operations(pyfuse3.Operations):
                 os.utime(target, ns=times)
         return self._attrs(node)
 
-    def _may_setattr(self, node: Node, attr, fields, caller: Caller) -> None:
-        """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``."""
+    def _may_setattr(self, node: Node, attr, fields, caller: Caller) -> os.stat_result:
+        """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``.
+        Returns the node's stat the checks were made on."""
         st = self._stat(node)
         chown = fields.update_uid or fields.update_gid
         if fields.update_size and not permissions.may(st, WRITE, caller):
@@ -358,6 +363,7 @@ class Operations(pyfuse3.Operations):
             refused = permissions.times_refused(st, times, caller)
             if refused:
                 raise FUSEError(refused)
+        return st
 
     @_guarded
     def access(self, inode, mode, ctx):
