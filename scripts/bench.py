@@ -177,6 +177,14 @@ def run_ratios(workload: str, runs: dict, row: dict) -> list[float]:
             if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0]
 
 
+def reference_cpu(workload: str, row: dict, cpu: dict) -> float | None:
+    """Median CPU seconds of the row's reference ({fs: [seconds per run]}): a
+    peer's daemon, all its threads, or cp -a itself.  Beside e2efs's, it tells
+    a row bound by daemon CPU from one bound by waiting (wake-ups, the program)."""
+    ref = reference(workload, row)
+    return median(cpu.get(ref, [])) if ref else None
+
+
 def ratio_text(r: float | None, ref: str | None, spread: list[float]) -> str:
     if r is None:
         return ""
@@ -970,9 +978,9 @@ class Bench:
         a = self.args
         names = [n for n in FS_NAMES if n in a.fs]
         rows, table = [], []
-        head = ["workload", "unit", *names, "e2efs / ref (per-run range)", "target", "result", "e2efs CPU s", "e2efs peak RSS MiB"]
+        head = ["workload", "unit", *names, "e2efs / ref (per-run range)", "target", "result", "e2efs CPU s", "ref CPU s", "e2efs peak RSS MiB"]
         table.append("| " + " | ".join(head) + " |")
-        table.append("|" + "|".join(["---", "---"] + ["---:"] * (len(names) + 1) + ["---", "---", "---:", "---:"]) + "|")
+        table.append("|" + "|".join(["---", "---"] + ["---:"] * (len(names) + 1) + ["---", "---", "---:", "---:", "---:"]) + "|")
         for w, (label, unit, better, *_rest) in WORKLOADS.items():
             if w not in a.only:
                 continue
@@ -989,14 +997,14 @@ class Bench:
             runs = {n: self.results[w].get(n, []) for n in names}
             spread = run_ratios(w, runs, row)
             target, result = verdict(w, row)
-            cpu = median(self.cpu[w].get("e2efs", []))
+            cpu, ref_cpu = median(self.cpu[w].get("e2efs", [])), reference_cpu(w, row, self.cpu[w])
             rss = max(self.rss[w].get("e2efs", []), default=None)
             rows.append(dict(workload=w, label=label, unit=unit, values=row, runs=runs,
                              ratio=r, run_ratios=spread, reference=ref, target=target, result=result, e2efs_cpu_s=cpu,
-                             e2efs_peak_rss_mib=rss))
+                             reference_cpu_s=ref_cpu, e2efs_peak_rss_mib=rss))
             cells = [label, unit, *[fmt(row[n], unit) for n in names],
                      ratio_text(r, ref, spread), target, result,
-                     "" if cpu is None else f"{cpu:.2f}", "" if rss is None else f"{rss:.0f}"]
+                     *("" if c is None else f"{c:.2f}" for c in (cpu, ref_cpu)), "" if rss is None else f"{rss:.0f}"]
             table.append("| " + " | ".join(cells) + " |")
         notes = []
         wr = next((r for r in rows if r["workload"] == "write"), None)
@@ -1023,7 +1031,7 @@ class Bench:
         os.makedirs(a.out, exist_ok=True)
         doc = dict(when=stamp, machine=machine(), args={k: v for k, v in vars(a).items()}, where=self.where,
                    missing=self.missing, errors=self.errors, warnings=self.warnings, rows=rows, profiles=prof,
-                   e2efs_cpu_s={w: dict(v) for w, v in self.cpu.items()},
+                   cpu_s={w: dict(v) for w, v in self.cpu.items()},
                    peak_rss_mib={w: dict(v) for w, v in self.rss.items()})
         with open(os.path.join(a.out, f"bench-{stamp}.json"), "w") as f:
             json.dump(doc, f, indent=1, default=str)

@@ -52,6 +52,15 @@ def test_times_compare_with_the_fastest_peer():
     assert bench.verdict("untar", row)[1] == "MISS"
 
 
+def test_the_reference_cpu_is_the_best_peers_daemon_or_cp():
+    row = {"plain": 0.1, "e2efs": 1.0, "gocryptfs": 2.0, "securefs": 0.8}
+    cpu = {"e2efs": [1.5, 1.4, 1.6], "gocryptfs": [3.0], "securefs": [0.9, 0.7, 0.8], "plain": [0.05]}
+    assert bench.reference_cpu("untar", row, cpu) == pytest.approx(0.8)
+    assert bench.reference_cpu("import", {"plain": 900.0, "e2efs": 600.0}, cpu) == pytest.approx(0.05)
+    assert bench.reference_cpu("untar", {"e2efs": 1.0, "securefs": "missing"}, cpu) is None
+    assert bench.reference_cpu("untar", row, {"e2efs": [1.5]}) is None
+
+
 def test_missing_peers_and_failures():
     assert bench.ratio("write", {"e2efs": 100.0, "gocryptfs": "missing", "securefs": "missing"}) == (None, None)
     assert bench.verdict("write", {"e2efs": "FAIL", "gocryptfs": 1.0})[1] == "FAIL"
