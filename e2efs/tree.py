@@ -78,6 +78,7 @@ class Tree:
         self.root = Dir(vault.root, ROOT_DIR_ID)
         self._listings: dict[str, _Listing] = {}
         self._unsure: dict[str, Dir] = {}      # listings with our own changes not yet confirmed
+        self._checked: set[str] | None = None  # listings validated in this step (``one_step``)
 
     # -- paths ----------------------------------------------------------------
 
@@ -97,16 +98,32 @@ class Tree:
 
     # -- listing and lookup ---------------------------------------------------
 
+    def one_step(self) -> None:
+        """Start a step (for the mount, one request) in which each listing is
+        validated once, not at every use: a create checks the folder for the
+        name, makes its temp file, and so on.  Our own changes within the step
+        are blessed by ``_record`` as always; another writer's change within it
+        is one the first validation could have missed just as well, and the
+        confirmation after a quiet grain finds both.  Without a call (offline
+        tools) every use validates."""
+        if self._checked is None:
+            self._checked = set()
+        else:
+            self._checked.clear()
+
     def entries(self, d: Dir) -> dict[bytes, Entry]:
-        mtime = os.stat(d.path).st_mtime_ns
         cached = self._listings.get(d.path)
-        if cached is not None and cached.mtime == mtime:
-            if d.path not in self._unsure or time.time_ns() - mtime < MTIME_GRAIN_NS:
-                return cached.entries
-        listing = self._rescan(d, mtime, cached)
-        self._listings[d.path] = listing
-        self._unsure.pop(d.path, None)          # only now: a rescan that failed stays due
-        return listing.entries
+        checked = self._checked
+        if cached is not None and checked is not None and d.path in checked:
+            return cached.entries
+        mtime = os.stat(d.path).st_mtime_ns
+        if (cached is None or cached.mtime != mtime
+                or d.path in self._unsure and time.time_ns() - mtime >= MTIME_GRAIN_NS):
+            cached = self._listings[d.path] = self._rescan(d, mtime, cached)
+            self._unsure.pop(d.path, None)          # only now: a rescan that failed stays due
+        if checked is not None:
+            checked.add(d.path)
+        return cached.entries
 
     def confirm_quiet(self) -> float | None:
         """Confirm now each listing whose directory has been quiet for a grain
@@ -117,6 +134,7 @@ class Tree:
         budget), or None when no listing is left to confirm."""
         due = None
         stop = time.monotonic() + CONFIRM_BUDGET_S
+        self.one_step()         # a listing the last request validated is confirmed all the same
         for i, d in enumerate(list(self._unsure.values())):
             if i and time.monotonic() > stop:        # at least one a turn
                 return 0.0

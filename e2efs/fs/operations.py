@@ -41,6 +41,7 @@ def _guarded(fn):
     @functools.wraps(fn)
     async def handler(self, *args):
         self.last_access = time.monotonic()
+        self.tree.one_step()
         try:
             return fn(self, *args)
         except FUSEError:
