@@ -165,6 +165,7 @@ class ContentFile:
         self._clean: OrderedDict[int, bytes] = OrderedDict()
         self.undo: UndoLog | None = None     # set by whoever writes the file in place
         self._disk_end = self.layout.ciphertext_size(size)     # where the ciphertext on disk ends
+        self.disk_writes = 0        # changes made to the ciphertext file (each moved its mtime)
 
     @classmethod
     def create(cls, fd: int, keys: Keys, block_size: int, label: str) -> "ContentFile":
@@ -246,6 +247,7 @@ class ContentFile:
         if self.undo is not None:
             self.undo.save(offset, len(view), self.layout.ciphertext_size(self._flushed_size))
         self._disk_end = max(self._disk_end, offset + len(view))
+        self.disk_writes += 1
         pwrite_all(self.fd, view, offset)
 
     # -- plaintext operations -----------------------------------------------
@@ -399,6 +401,7 @@ class ContentFile:
                 if self.undo is not None:
                     self.undo.done(expected)
                 try:
+                    self.disk_writes += 1
                     os.ftruncate(self.fd, expected)
                 except BaseException:
                     if self.undo is not None:

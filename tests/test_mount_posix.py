@@ -150,6 +150,23 @@ def test_mtime_set_while_open_survives_close(mounted):
     assert os.stat(path).st_mtime_ns == 8_000_000_000
 
 
+def test_times_set_again_after_a_write_survive_close(mounted):
+    # the daemon sets kept times on the backing file once per change: the same
+    # times set again after a write moved the mtime must still reach the vault
+    path = mounted.p("f")
+    with open(path, "wb") as f:
+        f.write(b"data" * 3000)
+        os.utime(f.fileno(), ns=(7_000_000_000, 8_000_000_000))
+        os.fsync(f.fileno())
+        f.write(b"more")
+        f.flush()
+        os.fsync(f.fileno())
+        os.utime(f.fileno(), ns=(7_000_000_000, 8_000_000_000))
+    mounted.remount()
+    st = os.stat(path)
+    assert (st.st_size, st.st_atime_ns, st.st_mtime_ns) == (12004, 7_000_000_000, 8_000_000_000)
+
+
 def test_new_file_mode_follows_umask(mounted):
     old = os.umask(0o027)
     try:

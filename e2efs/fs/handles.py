@@ -41,6 +41,7 @@ class OpenFile:
     # times set explicitly (utimens) after the last write: kept here and set
     # on the backing file after each flush, which would move them to "now"
     times: tuple[int, int] | None = None
+    times_set: tuple | None = None      # (times, content.disk_writes) when last set on the backing file
 
     @property
     def fd(self) -> int:
@@ -96,7 +97,8 @@ class OpenFiles:
         d = self.inodes.dir(parent)
         temp, fd = self.tree.temp_file(d, mode)
         try:
-            if owner is not None:
+            st = os.fstat(fd)
+            if owner is not None and (st.st_uid, st.st_gid) != owner:
                 os.chown(fd, *owner)
             content = ContentFile.create(fd, self.tree.keys, self.tree.layout.block_size, temp)
         except BaseException:
@@ -104,7 +106,7 @@ class OpenFiles:
             self.tree.discard_temp(d, temp)
             raise
         node.temp = (parent, os.path.basename(temp))
-        self.inodes.set_backing(node, os.fstat(fd).st_ino)
+        self.inodes.set_backing(node, st.st_ino)
         of = self.files[node.ino] = self._opened(node, content)
         return of
 
@@ -132,8 +134,9 @@ class OpenFiles:
 
     def flush(self, of: OpenFile) -> None:
         of.content.flush()
-        if of.times is not None:
-            os.utime(of.fd, ns=of.times)
+        if of.times is not None and of.times_set != (of.times, of.content.disk_writes):
+            os.utime(of.fd, ns=of.times)      # not again at release when nothing has moved them since
+            of.times_set = (of.times, of.content.disk_writes)
 
     def commit(self, of: OpenFile) -> None:
         """Flush, and rename a temp file into place under the node's name

@@ -206,12 +206,10 @@ class Operations(pyfuse3.Operations):
             os.chown(path_or_fd, ctx.uid, ctx.gid)
 
     def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        """``st``: the backing lstat if the caller has just made it."""
+        """``st``: the backing (l)stat if the caller has just made it."""
         of = self.files.files.get(node.ino)
-        if of:
-            st = os.fstat(of.fd)
-        elif st is None:
-            st = os.lstat(self.inodes.path(node))
+        if st is None:
+            st = os.fstat(of.fd) if of else os.lstat(self.inodes.path(node))
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         if node.kind is Kind.DIR:
@@ -330,18 +328,27 @@ class Operations(pyfuse3.Operations):
         if fields.update_uid or fields.update_gid:
             os.chown(target, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1)
+        # a stat made since the last change on disk (an open file's times wait in memory)
+        current = None if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid else checked
         if fields.update_atime or fields.update_mtime:
-            if of and of.times:
-                old = of.times
-            else:       # a chmod or chown leaves the times as the check saw them, a truncate does not
-                old = _times(checked if checked is not None and not fields.update_size else os.stat(target))
-            times = (attr.st_atime_ns if fields.update_atime else old[0],
-                     attr.st_mtime_ns if fields.update_mtime else old[1])
+            if fields.update_atime and fields.update_mtime:
+                times = (attr.st_atime_ns, attr.st_mtime_ns)
+            else:
+                if of and of.times:
+                    old = of.times
+                elif checked is not None and not fields.update_size:
+                    old = _times(checked)       # a chmod or chown leaves the times as the check saw them
+                else:
+                    current = os.stat(target)
+                    old = _times(current)
+                times = (attr.st_atime_ns if fields.update_atime else old[0],
+                         attr.st_mtime_ns if fields.update_mtime else old[1])
             if of:
                 of.times = times        # set on the backing file after its last flush
             else:
                 os.utime(target, ns=times)
-        return self._attrs(node)
+                current = None
+        return self._attrs(node, current)
 
     def _may_setattr(self, node: Node, attr, fields, caller: Caller) -> os.stat_result:
         """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``.
