@@ -1186,14 +1186,13 @@ def fmt(v, unit):
 
 
 def machine():
-    cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
-        with open("/proc/cpuinfo") as f:
-            flags = next((l for l in f if l.startswith("flags")), "")
+            lines = f.read().splitlines()
     except OSError:
-        flags = ""
+        lines = []
+    cpu = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), "")
+    flags = next((l for l in lines if l.startswith("flags")), "")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     vers = {}
     for cmd in (["gocryptfs", "-version"], ["securefs", "version"], ["fio", "--version"]):
