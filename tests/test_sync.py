@@ -178,6 +178,29 @@ def test_listings_are_confirmed_in_a_pause_not_at_the_next_access(tmp_path):
     assert b"a (1)" in t.entries(t.root) and decrypted == []    # found by the confirmation
 
 
+def test_a_listing_is_validated_once_a_step_and_again_in_the_next(tmp_path):
+    """The mount validates each listing once per request (``one_step``); another
+    device's change shows in the next step, and at once where no step is open
+    (offline tools never start one)."""
+    vault, t = new_vault(tmp_path)
+    time.sleep(MTIME_GRAIN_NS / 1e9 + 0.02)         # our own creation of the vault is confirmed
+    phone = tree_of(vault)
+    t.one_step()
+    assert t.entries(t.root) == {}
+    time.sleep(0.02)
+    phone.write_file(phone.root, b"a", [b"1"])
+    time.sleep(0.02)                                # a later mtime tick than the validation's
+    assert t.entries(t.root) == {}                  # the same step: not looked at again
+    t.one_step()
+    assert set(t.entries(t.root)) == {b"a"}
+    offline = tree_of(vault)
+    assert set(offline.entries(offline.root)) == {b"a"}
+    time.sleep(0.02)
+    phone.write_file(phone.root, b"b", [b"2"])
+    time.sleep(0.02)
+    assert set(offline.entries(offline.root)) == {b"a", b"b"}
+
+
 def test_a_rescan_after_our_own_removal_shows_what_the_removed_entry_shadowed(tmp_path):
     """Removing one of two entries that show under one name (a file and a folder
     made on two devices; a file and its iCloud placeholder) changes how the other

@@ -235,6 +235,7 @@ class OpenFiles:
     def close_all(self) -> None:
         """At unmount: every file still open reaches the vault; one that cannot
         (disk full) does not keep the others from it."""
+        self.tree.one_step()        # after the last request: listings it validated are checked again
         try:
             for ino in list(self.files):
                 self.files[ino].refs = 1
