@@ -106,10 +106,7 @@ class Tree:
         is one the first validation could have missed just as well, and the
         confirmation after a quiet grain finds both.  Without a call (offline
         tools) every use validates."""
-        if self._checked is None:
-            self._checked = set()
-        else:
-            self._checked.clear()
+        self._checked = set()
 
     def entries(self, d: Dir) -> dict[bytes, Entry]:
         cached = self._listings.get(d.path)
