@@ -1,5 +1,6 @@
 """Open files without FUSE (fs/handles.py): what release does when a file's last
-flush fails and even its undo record cannot be applied."""
+flush fails and even its undo record cannot be applied, and kept times that only
+a change on disk (no request) moves."""
 
 import errno
 import os
@@ -46,3 +47,24 @@ def test_a_file_whose_record_could_not_be_applied_is_not_opened_again(tmp_path, 
     with pytest.raises(OSError) as e:
         files.open(node, write=False)
     assert e.value.errno == errno.EIO
+
+
+def test_kept_times_are_set_again_after_a_truncate_moved_them(tmp_path):
+    """An O_TRUNC open of a file already open truncates it in place (an ftruncate
+    on the backing file, which moves its mtime) while the times set on it stay:
+    the next flush must put them back, though the times themselves are unchanged."""
+    tree = make_tree(tmp_path / "vault")
+    inodes = InodeTable(tree)
+    files = OpenFiles(tree, inodes, read_only=False)
+    node = inodes.new(Kind.FILE)
+    of = files.open_new(node, pyfuse3.ROOT_INODE, 0o600, None)
+    inodes.add_link(node, (pyfuse3.ROOT_INODE, b"photo.jpg"), None)
+    of.content.write(0, os.urandom(3 * 4096))
+    of.times = (1_500_000_000_000_000_000, 1_600_000_000_000_000_000)
+    files.commit(of)
+    assert os.stat(of.fd).st_mtime_ns == of.times[1]
+    of.content.truncate(0)
+    assert os.stat(of.fd).st_mtime_ns != of.times[1]
+    files.flush(of)
+    assert os.stat(of.fd).st_mtime_ns == of.times[1]
+    files.release(node.ino)
