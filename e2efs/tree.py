@@ -320,10 +320,20 @@ class Tree:
         os.replace(temp_path, self.path(d, entry))
         self._record(d, name, entry)
         if old is not None and old.backing != entry.backing:
-            os.unlink(self.path(d, old))
-            self._record(d)
-            self._forget_side_record(d, old)
+            self._drop_replaced(d, old)
         return entry
+
+    def _drop_replaced(self, d: Dir, old: Entry) -> None:
+        """The new version is committed already: an old entry of another kind that
+        cannot be removed (EIO) is left to fsck, not reported as a lost version."""
+        try:
+            os.unlink(self.path(d, old))
+        except OSError as exc:
+            log.warning("%s: the entry it replaced could not be removed (%s); `e2efs fsck --repair` will",
+                        self.path(d, old), exc.strerror or exc)
+            return
+        self._record(d)
+        self._forget_side_record(d, old)
 
     def write_file(self, d: Dir, name: bytes, chunks, mode: int = 0o644, kind: Kind = Kind.FILE) -> Entry:
         """Encrypt a stream of byte chunks into a new file, atomically."""

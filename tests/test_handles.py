@@ -1,8 +1,9 @@
 """Open files without FUSE (fs/handles.py): what release does when a file's last
-flush fails and even its undo record cannot be applied, and kept times that only
-a change on disk (no request) moves."""
+flush fails and even its undo record cannot be applied, a commit whose clean-up
+fails, and kept times that only a change on disk (no request) moves."""
 
 import errno
+import logging
 import os
 
 import pyfuse3
@@ -68,3 +69,29 @@ def test_kept_times_are_set_again_after_a_truncate_moved_them(tmp_path):
     files.flush(of)
     assert os.stat(of.fd).st_mtime_ns == of.times[1]
     files.release(node.ino)
+
+
+def test_a_commit_whose_replaced_entry_cannot_be_removed_is_still_a_commit(tmp_path, monkeypatch, caplog):
+    """The new version is in place once the rename is done: failing to remove the
+    old entry of another kind it replaced is a leftover for fsck, not a lost file."""
+    tree = make_tree(tmp_path / "vault")
+    old = tree.symlink(tree.root, b"avatar.jpg", b"elsewhere")
+    inodes = InodeTable(tree)
+    files = OpenFiles(tree, inodes, read_only=False)
+    node = inodes.new(Kind.FILE)
+    of = files.open_new(node, pyfuse3.ROOT_INODE, 0o600, None)
+    inodes.add_link(node, (pyfuse3.ROOT_INODE, b"avatar.jpg"), None)
+    of.content.write(0, b"new picture")
+    old_path, real_unlink = tree.path(tree.root, old), os.unlink
+
+    def failing(path, *args, **kw):
+        if path == old_path:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_unlink(path, *args, **kw)
+    monkeypatch.setattr(os, "unlink", failing)
+    with caplog.at_level(logging.WARNING, logger="e2efs"):
+        files.release(node.ino)
+    monkeypatch.undo()
+    assert "could not be removed" in caplog.text and "lost" not in caplog.text
+    assert node.temp is None and node.links
+    assert tree.read_all(inodes.path(node)) == b"new picture"
