@@ -325,11 +325,12 @@ class Tree:
 
     def _drop_replaced(self, d: Dir, old: Entry) -> None:
         """The new version is committed already: an old entry of another kind that
-        cannot be removed (EIO) is left to fsck, not reported as a lost version."""
+        cannot be removed (EIO) stays, listed as an '(e2efs duplicate …)' of the
+        name, and is not reported as a lost version."""
         try:
             os.unlink(self.path(d, old))
         except OSError as exc:
-            log.warning("%s: the entry it replaced could not be removed (%s); `e2efs fsck --repair` will",
+            log.warning("%s: the entry it replaced could not be removed (%s); it is listed as a duplicate",
                         self.path(d, old), exc.strerror or exc)
             return
         self._record(d)

@@ -73,7 +73,7 @@ def test_kept_times_are_set_again_after_a_truncate_moved_them(tmp_path):
 
 def test_a_commit_whose_replaced_entry_cannot_be_removed_is_still_a_commit(tmp_path, monkeypatch, caplog):
     """The new version is in place once the rename is done: failing to remove the
-    old entry of another kind it replaced is a leftover for fsck, not a lost file."""
+    old entry of another kind it replaced leaves a duplicate, not a lost file."""
     tree = make_tree(tmp_path / "vault")
     old = tree.symlink(tree.root, b"avatar.jpg", b"elsewhere")
     inodes = InodeTable(tree)
@@ -95,3 +95,7 @@ def test_a_commit_whose_replaced_entry_cannot_be_removed_is_still_a_commit(tmp_p
     assert "could not be removed" in caplog.text and "lost" not in caplog.text
     assert node.temp is None and node.links
     assert tree.read_all(inodes.path(node)) == b"new picture"
+    tree.invalidate(tree.root)
+    listing = tree.entries(tree.root)
+    shown = {n: e.kind for n, e in listing.items() if n.startswith(b"avatar.jpg")}
+    assert len(shown) == 2 and set(shown.values()) == {Kind.FILE, Kind.SYMLINK} and b"avatar.jpg" in shown
