@@ -64,6 +64,23 @@ def test_atomic_save_with_directory_fsync(mounted):
     assert read(mounted.p("d", "state.json")) == b"new"
 
 
+@pytest.mark.parametrize("already_open", [False, True])
+def test_o_trunc_with_o_rdonly_truncates_as_linux_does(mounted, already_open):
+    """Linux truncates on O_RDONLY|O_TRUNC (with write permission), and the kernel
+    has already dropped its size and pages: the vault must follow."""
+    path = mounted.p("f")
+    write(path, b"r" * 100_000)
+    other = os.open(path, os.O_RDWR) if already_open else None
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_TRUNC))
+    finally:
+        if other is not None:
+            os.close(other)
+    assert os.stat(path).st_size == 0
+    mounted.remount()
+    assert read(path) == b""
+
+
 def test_random_access_append_sparse_and_truncate(mounted):
     path = mounted.p("f")
     ref = bytearray(os.urandom(10_000))

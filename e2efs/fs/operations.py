@@ -608,7 +608,7 @@ class Operations(pyfuse3.Operations):
         checked = self._require(node, want, Caller(ctx))
         is_open = inode in self.files.files
         backing = None if is_open else checked      # the backing lstat, if the check made one
-        truncate = flags & os.O_TRUNC and access != os.O_RDONLY
+        truncate = flags & os.O_TRUNC       # O_RDONLY too: Linux truncates, and the kernel already has
         if truncate and not self.read_only and not is_open and node.links:
             st = backing = backing or os.lstat(self.inodes.path(node))
             if st.st_nlink == 1:         # new content goes to a temp file; the old stays until commit
@@ -622,7 +622,7 @@ class Operations(pyfuse3.Operations):
         # must be read, and authenticated, afresh.
         keep = is_open or (node.cache_sig is not None
                            and node.cache_sig == backing_signature(backing or os.lstat(self.inodes.path(node))))
-        of = self.files.open(node, write=access != os.O_RDONLY)
+        of = self.files.open(node, write=access != os.O_RDONLY or bool(truncate))
         if truncate:
             of.content.truncate(0)
         return pyfuse3.FileInfo(fh=inode, keep_cache=keep)
