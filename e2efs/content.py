@@ -166,6 +166,7 @@ class ContentFile:
         self.undo: UndoLog | None = None     # set by whoever writes the file in place
         self._disk_end = self.layout.ciphertext_size(size)     # where the ciphertext on disk ends
         self.disk_writes = 0        # changes made to the ciphertext file (each moved its mtime)
+        self.refused_writes = 0     # writes dropped whole (disk full): their data is nowhere but the caller's
 
     @classmethod
     def create(cls, fd: int, keys: Keys, block_size: int, label: str) -> "ContentFile":
@@ -322,16 +323,45 @@ class ContentFile:
         if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
             # left over by a write that failed (disk full): written now, or this
             # write is refused too; never held in memory without bound
-            self._seal_all_before(self._last_index())
+            try:
+                self._seal_all_before(self._last_index())
+            except BaseException:
+                self.refused_writes += 1
+                raise
         end = offset + len(data)
         old_last = self._last_index()
         self._size = max(self._size, end)
+        try:
+            self._write_blocks(offset, memoryview(data), old_last)
+        except BaseException:
+            self._keep_request(offset, memoryview(data))
+            raise
+        if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
+            self._seal_all_before(self._last_index())
+        if self.undo is not None and self.undo.saved_bytes > UNDO_LIMIT_BYTES:
+            self.flush()
+        return len(data)
+
+    def _keep_request(self, offset: int, view: memoryview) -> None:
+        """A block write failed (disk full) part way through a request: the size
+        already counts all of it, so every block it touches waits in the dirty
+        blocks, to be written by the next flush, rather than reading as zeros."""
+        bs = self.layout.block_size
+        for i in self.layout.blocks_touched(offset, len(view)):
+            start = i * bs
+            lo, hi = max(offset, start), min(offset + len(view), start + bs)
+            block = bytearray(self._current(i))
+            block[lo - start:hi - start] = view[lo - offset:hi - offset]
+            self._keep_pending(i, block)
+
+    def _write_blocks(self, offset: int, view: memoryview, old_last: int) -> None:
+        bs = self.layout.block_size
+        end = offset + len(view)
         last = self._last_index()
         if old_last < last:
             self._seal_if_complete(old_last, last)      # the old tail, full and now followed by more
-        view = memoryview(data)
         run: list[int] = []
-        for i in self.layout.blocks_touched(offset, len(data)):
+        for i in self.layout.blocks_touched(offset, len(view)):
             start = i * bs
             lo, hi = max(offset, start), min(end, start + bs)
             full = lo == start and hi == start + bs and i < last
@@ -355,11 +385,6 @@ class ContentFile:
                 self._seal_if_complete(i, last)
         if run:
             self._seal_run(run, view, offset)
-        if len(self._dirty) * bs > DIRTY_LIMIT_BYTES:
-            self._seal_all_before(last)
-        if self.undo is not None and self.undo.saved_bytes > UNDO_LIMIT_BYTES:
-            self.flush()
-        return len(data)
 
     def truncate(self, size: int) -> None:
         if size == self._size:
@@ -367,13 +392,45 @@ class ContentFile:
         if size > self._size:
             self._size = size          # the new bytes read as zeros until flushed
             return
-        last = self.layout.block_count(size) - 1
-        tail = bytearray(self._current(last)[:self.layout.block_len(last, size)])
-        self._dirty = {i: b for i, b in self._dirty.items() if i < last}
-        self._dirty[last] = tail
+        self.flush()        # the changes before it first: if they fail, the truncate has not begun
+        old_size, last = self._size, self.layout.block_count(size) - 1
+        old_block = bytes(self._current(last))
+        self._dirty = {last: bytearray(old_block[:self.layout.block_len(last, size)])}
         self._clean.clear()
         self._size = size
-        self.flush()
+        try:
+            self.flush()
+        except BaseException:
+            if not self._undo_truncate(old_size, last, old_block):
+                raise
+
+    def _undo_truncate(self, old_size: int, last: int, old_block: bytes) -> bool:
+        """A shrink whose flush failed (disk full) is not left pending: the caller
+        hears it failed, and the kernel keeps the old size.  The file goes back to
+        the flush just before it (True: the truncate was written whole after all)."""
+        undo = self.undo
+        self._clean.clear()             # it may hold the new final block
+        if undo is not None and undo.active:
+            try:
+                if not undo.roll_back():
+                    self._dirty = {}
+                    self._as_flushed(self._size)
+                    return True
+            except Exception:
+                return False            # left pending: release rolls back or keeps the record
+            self._dirty = {}
+        else:                           # no record: the tail block may be torn, so write it again
+            self._dirty = {last: bytearray(old_block)}
+        self._size = old_size
+        self._as_flushed(old_size)
+        return False
+
+    def _as_flushed(self, size: int) -> None:
+        """The bookkeeping of a file whose ciphertext holds ``size`` bytes, whole."""
+        self._flushed_size = size
+        self._disk_blocks = self.layout.block_count(size)
+        self._disk_final = self._disk_blocks - 1
+        self._disk_end = self.layout.ciphertext_size(size)
 
     def authenticate(self) -> None:
         """Decrypt every block once (fsck, cat): raises CorruptData at the first bad one."""
@@ -456,10 +513,8 @@ class ContentFile:
     def finish_sealed(self, size: int) -> None:
         """Every block of a ``size``-byte new file is on disk (``seal_at``)."""
         assert size and self.undo is None and not self._dirty and self._disk_end == HEADER_LEN, "new files only"
-        self._size = self._flushed_size = size
-        self._disk_blocks = self.layout.block_count(size)
-        self._disk_final = self._disk_blocks - 1
-        self._disk_end = self.layout.ciphertext_size(size)
+        self._size = size
+        self._as_flushed(size)
 
     def _seal_run(self, run: list[int], data: memoryview, offset: int) -> None:
         """Seal consecutive full non-final blocks straight from the caller's buffer

@@ -143,6 +143,58 @@ def test_a_change_refused_before_any_block_was_overwritten_is_not_shown(tmpfs_va
         assert f.read() == old + b"tail\n"
 
 
+def test_a_truncate_the_full_disk_refused_is_not_applied_later(tmpfs_vault):
+    """The program heard ENOSPC and the kernel kept the old size: the vault must
+    keep it too, after space comes back and the file is closed."""
+    m = tmpfs_vault
+    m.mount()
+    old = os.urandom(2 * MIB)
+    with open(m.p("media.db"), "wb") as f:
+        f.write(old)
+    fd = os.open(m.p("media.db"), os.O_RDWR)
+    try:
+        filler = _fill_drive(m)
+        with pytest.raises(OSError) as e:
+            os.ftruncate(fd, 100)
+        assert e.value.errno == errno.ENOSPC
+        assert os.fstat(fd).st_size == len(old)
+        os.unlink(filler)
+    finally:
+        os.close(fd)
+    m.remount()
+    with open(m.p("media.db"), "rb") as f:
+        assert f.read() == old
+
+
+def test_after_writes_lost_to_a_full_disk_the_mount_shows_what_the_vault_holds(tmpfs_vault):
+    """Writes the daemon had to refuse (disk full) still sit in the kernel's pages
+    and size; once space is back and the file is closed, the mount shows what
+    was saved (a prefix of what was written here, with no zeroed hole), not
+    those pages, which a remount would contradict."""
+    m = tmpfs_vault
+    m.mount()
+    filler = _fill_drive(m, room=3 * MIB)
+    data = b"".join(bytes([65 + i]) * MIB for i in range(8))
+    fd = os.open(m.p("video.mp4"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for i in range(8):
+            os.pwrite(fd, data[i * MIB:(i + 1) * MIB], i * MIB)
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.ENOSPC
+        os.unlink(filler)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with open(m.p("video.mp4"), "rb") as f:
+        shown = f.read()
+    m.remount()
+    with open(m.p("video.mp4"), "rb") as f:
+        saved = f.read()
+    assert shown == saved and saved == data[:len(saved)]
+    assert m.proc.poll() is None
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_sqlite_on_a_full_drive_keeps_every_commit(tmpfs_vault, journal):
     """A chat app's database when the drive fills: a commit fails (SQLITE_IOERR: with

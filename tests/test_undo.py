@@ -3,7 +3,7 @@
 A forked writer applies a change to a real ciphertext file and dies (``os._exit``)
 at its N-th pwrite or ftruncate, after writing only half of that pwrite; then
 ``recover`` runs and the file must read back as exactly the old or the new
-plaintext, for every N.  Without the undo log the same kills leave files that
+plaintext (or one the change passed through whole: a flush point), for every N.  Without the undo log the same kills leave files that
 fail authentication, which shows the kills reach the windows that matter.
 """
 
@@ -53,7 +53,9 @@ CHANGES = {
 }
 
 
-def _apply(f: ContentFile, model: bytearray, ops) -> None:
+def _apply(f: ContentFile, model: bytearray, ops, flush_points: list | None = None) -> None:
+    """``flush_points`` gets the versions a change passes through whole: a shrink
+    flushes the writes before it first."""
     for op in ops:
         if op[0] == "w":
             _, off, n = op
@@ -62,6 +64,8 @@ def _apply(f: ContentFile, model: bytearray, ops) -> None:
             model[len(model):off + n] = bytes(max(0, off + n - len(model)))
             model[off:off + n] = data
         else:
+            if flush_points is not None and op[1] < len(model):
+                flush_points.append(bytes(model))
             f.truncate(op[1])
             del model[op[1]:]
     f.flush()
@@ -119,7 +123,8 @@ def test_kill_at_every_write_leaves_old_or_new(tmp_path, change):
     model_file = tmp_path / "model"
     _old_file(model_file, size)
     f = open_content(model_file, KEYS)
-    _apply(f, new, ops)
+    between = []
+    _apply(f, new, ops, between)
     os.close(f.fd)
     outcomes = set()
     for crash_at in range(1, 200):
@@ -129,16 +134,17 @@ def test_kill_at_every_write_leaves_old_or_new(tmp_path, change):
         for line in undo.recover(str(tmp_path)):
             outcomes.add(line.split(": ", 1)[1].split()[0])       # "rolled" or "finished"
         got = _read(path)
-        assert got in (old, bytes(new)), f"{change}: kill at write {crash_at} left neither version"
-        outcomes.add("old" if got == old else "new")
+        assert got in [old, bytes(new)] + between, f"{change}: kill at write {crash_at} left no whole version"
+        outcomes.add("old" if got == old else "new" if got == new else "between")
         assert not undo.left_behind(str(tmp_path))
         if status == FINISHED:
             break
     else:
         pytest.fail("the writer never finished")
     # both versions were seen, and a roll-back; a shrink also ends with a cut, and a
-    # kill between its last block and the ftruncate is finished, not rolled back
-    assert outcomes == {"old", "new", "rolled"} | ({"finished"} if change == "shrink" else set())
+    # kill between its last block and the ftruncate is finished, not rolled back;
+    # a kill after the flush before the shrink leaves the writes without the shrink
+    assert outcomes == {"old", "new", "rolled"} | ({"finished", "between"} if change == "shrink" else set())
 
 
 def test_without_undo_the_same_kills_corrupt(tmp_path):
@@ -397,8 +403,79 @@ def test_disk_full_while_sealing_a_run_keeps_its_blocks_pending(tmp_path):
     f.undo.close()
     f.undo.records.close()
     os.close(f.fd)
-    got = _read(path)           # authentic; the failed run's blocks were written by the flush
-    assert got is not None and got[:3 * BS] == old[:BS] + new[:2 * BS]
+    got = _read(path)           # authentic; the failed run's blocks were written by the flush,
+    assert got == old[:BS] + new    # and so was the block after them, which the failure skipped
+
+
+@pytest.mark.parametrize("fails_at", ["record start", "range entry", "block write"])
+def test_a_shrink_the_disk_has_no_room_for_is_not_applied_later(tmp_path, fails_at):
+    """The caller of a truncate that failed (disk full: the undo record of its new
+    final block, or that block) keeps the old size, and so does the vault once
+    space is back; the writes before it are flushed first, and stay."""
+    path = tmp_path / "f"
+    old = _old_file(path, 6 * BS + 5)
+    f = _with_undo(tmp_path, path)
+    f.write(100, b"w" * 50)
+    expected = old[:100] + b"w" * 50 + old[150:]
+    real_pwrite = os.pwrite
+    rounds, failed = [], []
+
+    def full_in_second_round(fd, data, offset):
+        if fd == f.undo.fd and offset == 0:
+            rounds.append(offset)
+        if len(rounds) > 1 and {"record start": fd == f.undo.fd and offset == 0,
+                                "range entry": fd == f.undo.fd and offset > 0,
+                                "block write": fd == f.fd}[fails_at]:
+            if fails_at == "block write":
+                real_pwrite(fd, bytes(data)[:len(data) // 2], offset)       # torn
+            failed.append(fd)
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    os.pwrite = full_in_second_round
+    try:
+        with pytest.raises(OSError):
+            f.truncate(2 * BS + 999)
+    finally:
+        os.pwrite = real_pwrite
+    assert failed and f.size == len(old) and f.read(0, f.size) == expected
+    f.flush()
+    f.undo.close()
+    f.undo.records.close()
+    os.close(f.fd)
+    assert _read(path) == expected
+
+
+@pytest.mark.parametrize("fails_at", ["cut", "record reset"])
+def test_a_shrink_that_fails_after_its_blocks_ends_old_or_new(tmp_path, fails_at):
+    """Every block of the shrink is written: a failed cut (EIO) puts the file back
+    at its old size, while a failure once the record says "done" (its reset) is
+    finished by the record, so the truncate succeeds after all."""
+    path = tmp_path / "f"
+    old = _old_file(path, 6 * BS + 5)
+    f = _with_undo(tmp_path, path)
+    real_ftruncate = os.ftruncate
+    failed = []
+
+    def fails_once(fd, size):
+        if not failed and fd == (f.fd if fails_at == "cut" else f.undo.fd):
+            failed.append(size)
+            raise OSError(5, "Input/output error")
+        return real_ftruncate(fd, size)
+    os.ftruncate = fails_once
+    try:
+        if fails_at == "cut":
+            with pytest.raises(OSError):
+                f.truncate(2 * BS + 999)
+        else:
+            f.truncate(2 * BS + 999)
+    finally:
+        os.ftruncate = real_ftruncate
+    want = old if fails_at == "cut" else old[:2 * BS + 999]
+    assert failed and f.size == len(want) and f.read(0, f.size) == want and not f.unflushed
+    f.undo.close()
+    f.undo.records.close()
+    os.close(f.fd)
+    assert _read(path) == want
 
 
 def test_roll_back_in_process_restores_the_last_flush(tmp_path):

@@ -185,6 +185,10 @@ class OpenFiles:
             if of.content.undo is not None:
                 of.content.undo.close(keep=keep_record)     # the next mount rolls it back
             os.close(of.fd)
+        if of.content.refused_writes:       # the kernel holds their pages and counts them in its size
+            log.error("%d writes to %s were refused (disk full): the file is what was saved without them",
+                      of.content.refused_writes, of.content.label)
+            raise ChangeLost() from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _undo_failed_flush(self, of: OpenFile, why: Exception) -> tuple[bool, bool]:
         """A file in place whose last flush failed (disk full) goes back to that

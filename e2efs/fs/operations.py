@@ -317,12 +317,7 @@ class Operations(pyfuse3.Operations):
                 self.files.make_writable(of)
                 of.content.truncate(attr.st_size)
             else:
-                content = self.tree.open_content(target, writable=True)
-                try:
-                    content.truncate(attr.st_size)
-                    content.flush()
-                finally:
-                    os.close(content.fd)
+                self._truncate_closed(node, attr.st_size)
         if fields.update_mode and node.kind is not Kind.SYMLINK:
             os.chmod(target, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
@@ -349,6 +344,15 @@ class Operations(pyfuse3.Operations):
                 os.utime(target, ns=times)
                 current = None
         return self._attrs(node, current)
+
+    def _truncate_closed(self, node: Node, size: int) -> None:
+        """truncate(2) of a file nobody has open: opened as for a write, so that an
+        undo record covers rewriting its new final block."""
+        of = self.files.open(node, write=True)
+        try:
+            of.content.truncate(size)
+        finally:
+            self.files.release(node.ino)
 
     def _may_setattr(self, node: Node, attr, fields, caller: Caller) -> os.stat_result:
         """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``.
