@@ -107,3 +107,5 @@ EXIT_CODES = {
     "GENERIC": E2efsError.exit_code,
     **{cls.__name__: cls.exit_code for cls in E2efsError.__subclasses__()},
 }
+
+CLOSED_PIPE_EXIT = 141      # 128 + SIGPIPE: the reader of the output went away (`| head`)

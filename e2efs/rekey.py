@@ -184,9 +184,9 @@ def begin(vault: Vault) -> tuple[bytes, bool]:
 def rekey(vault: Vault, make_slots, progress=None, announce=None) -> Result:
     """Re-encrypt the whole vault under a new key.  ``make_slots(new_master)``
     returns the key slots of the finished vault (wrapped under K');
-    ``announce(new_master)`` is called when every file is done, before the vault
-    file switches to K' (the CLI shows the new key there, so a crash after the
-    switch cannot lose a key nobody has seen).  ``make_slots=None`` stops before
+    ``announce(result)`` is called when every file is done, before the vault
+    file switches to K' (the CLI shows the new key there, so a crash or a failed
+    output after the switch cannot lose a key nobody has seen).  ``make_slots=None`` stops before
     the switch (tests)."""
     check_not_mounted(vault.root, "rekey")
     undo.recover(vault.root)        # a half-written file would be re-encrypted half-written
@@ -200,10 +200,11 @@ def rekey(vault: Vault, make_slots, progress=None, announce=None) -> Result:
         if exc.errno == 28:
             raise NoSpace("no space left while re-encrypting; free some and run rekey again to continue") from None
         raise IOFailure(f"rekey stopped: {exc.strerror} ({exc.filename}); run rekey again to continue") from None
+    result = Result(new_master, resumed, stats)
     if make_slots is None:
-        return Result(new_master, resumed, stats)
+        return result
     if announce:
-        announce(new_master)
+        announce(result)
     return finish(vault, new_master, make_slots, resumed, stats)
 
 

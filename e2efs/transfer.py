@@ -207,6 +207,9 @@ def export_tree(tree: Tree, dest: str, progress=None) -> Stats:
         os.mkdir(partial, 0o700)
         with chunk_pool() as pool:
             _export_dir(tree, tree.root, os.fsencode(partial), stats, progress, pool)
+        if tree.damaged_names:      # an entry left out is not a restore
+            raise CorruptData(f"{len(tree.damaged_names)} names fail authentication (the first: "
+                              f"{min(tree.damaged_names)}); 'e2efs fsck --repair' moves them to /lost+found")
         _keep_metadata(partial, os.stat(tree.root.path))
         if os.path.isdir(dest):
             os.rmdir(dest)

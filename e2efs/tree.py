@@ -79,6 +79,7 @@ class Tree:
         self._listings: dict[str, _Listing] = {}
         self._unsure: dict[str, Dir] = {}      # listings with our own changes not yet confirmed
         self._checked: set[str] | None = None  # listings validated in this step (``one_step``)
+        self.damaged_names: set[str] = set()   # backing paths skipped as names that fail authentication
 
     # -- paths ----------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class Tree:
         except CorruptData as exc:
             if not stub:
                 log.warning("skipping %s: %s", os.path.join(d.path, fname), exc)
+                self.damaged_names.add(os.path.join(d.path, fname))
             return None
         return Entry(name, fname, Kind.FILE) if stub else Entry(name, fname, parsed.kind, parsed.dir_id)
 

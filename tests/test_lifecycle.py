@@ -120,6 +120,27 @@ def test_rekey_with_the_old_key_needs_a_choice(tmp_path, plain_tree):
     assert tree_snapshot(tmp_path / "out") == tree_snapshot(plain_tree)
 
 
+def test_rekey_whose_output_fails_leaves_the_vault_under_the_old_key(tmp_path, plain_tree):
+    """With --json the new key is in the one document printed at the end: if that
+    cannot be written (a full disk, a closed pipe), the vault must not have
+    switched to a key nobody saw."""
+    vault, pw, key = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    with open("/dev/full", "w") as full:
+        failed = subprocess.run([sys.executable, "-m", "e2efs", "rekey", str(vault), "--key-file", str(key),
+                                 "--key-only", "--json"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "still opens with the old secret" in failed.stderr
+    assert run("ls", vault, "--key-file", key, check=False).returncode == 27     # under the old key, to be resumed
+    done = json.loads(run("rekey", vault, "--key-file", key, "--key-only", "--json").stdout)
+    assert done["resumed"]
+    new_key = tmp_path / "new.key"
+    new_key.write_text(done["recovery_key"])
+    run("export", vault, tmp_path / "out", "--key-file", new_key)
+    assert tree_snapshot(tmp_path / "out") == tree_snapshot(plain_tree)
+
+
 def _rekey_killed_after(vault, pw, steps: int):
     env = dict(os.environ, **{KILL_ENV: str(steps)})
     return subprocess.run([sys.executable, "-m", "e2efs", "rekey", str(vault), "--password-file", str(pw)],
@@ -293,6 +314,60 @@ def test_disable_refuses_a_destination_inside_the_vault(tmp_path, plain_tree):
     vault, pw, _ = init_vault(tmp_path)
     done = run("disable", vault, vault / "plain", "--password-file", pw, "--yes-i-understand", check=False)
     assert done.returncode == 2 and vault.exists()
+
+
+def _damage_a_name(vault) -> str:
+    """Change a character in one entry's backing name: it no longer authenticates."""
+    name = next(n for n in sorted(os.listdir(vault)) if not n.startswith((".", "e2efs.")) and not n.endswith(".name")
+                and os.path.isfile(vault / n))
+    damaged = name[:10] + ("a" if name[10] != "a" else "b") + name[11:]
+    os.rename(vault / name, vault / damaged)
+    return damaged
+
+
+@pytest.mark.parametrize("problem", ["damaged name", "foreign file"])
+def test_disable_refuses_a_vault_with_what_it_would_not_export(tmp_path, plain_tree, problem):
+    """The export leaves out what is not an intact entry, and the whole folder is
+    deleted after it: so a vault fsck finds problems in is not disabled."""
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    if problem == "damaged name":
+        _damage_a_name(vault)
+    else:
+        (vault / "NOTES.txt").write_text("mine, not the vault's")
+    before = _ciphertexts(vault)
+    done = run("disable", vault, tmp_path / "plain", "--password-file", pw, "--yes-i-understand", check=False)
+    assert done.returncode == CorruptData.exit_code and "nothing was changed" in done.stderr
+    assert _ciphertexts(vault) == before and not (tmp_path / "plain").exists()
+
+
+def test_export_of_a_vault_with_a_damaged_name_is_refused_whole(tmp_path, plain_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    _damage_a_name(vault)
+    done = run("export", vault, tmp_path / "out", "--password-file", pw, check=False)
+    assert done.returncode == CorruptData.exit_code and "fsck --repair" in done.stderr
+    assert not (tmp_path / "out").exists() and [n for n in os.listdir(tmp_path) if "partial" in n] == []
+
+
+def test_plaintext_never_goes_into_the_vault_folder(tmp_path, plain_tree):
+    vault, pw, _ = init_vault(tmp_path)
+    run("import", plain_tree, vault, "--password-file", pw)
+    before = _ciphertexts(vault)
+    assert run("export", vault, vault / "restored", "--password-file", pw, check=False).returncode == 2
+    assert run("import", tmp_path, vault, "--password-file", pw, check=False).returncode == 2   # holds the vault
+    assert run("import", vault, vault, "--password-file", pw, check=False).returncode == 2
+    assert _ciphertexts(vault) == before and not (vault / "restored").exists()
+
+
+def test_init_whose_key_cannot_be_shown_leaves_no_vault(tmp_path):
+    """A key-only vault whose key nobody saw could never be opened."""
+    vault = tmp_path / "vault"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "e2efs", "init", str(vault), "--key-only", *FAST_KDF],
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 18 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert os.listdir(vault) == []
 
 
 # -- --quiet and --json on every command that prints a result ------------------

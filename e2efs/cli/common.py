@@ -1,6 +1,7 @@
 """Small pieces every command shares: sizes, JSON output, KDF cost options."""
 
 import json
+import os
 import sys
 
 from .. import crypto
@@ -28,9 +29,15 @@ def human(n: float) -> str:
     return str(n)
 
 
+def is_within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or below it, symlinks resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def print_json(doc) -> None:
     json.dump(doc, sys.stdout, indent=2)
-    print()
+    print(flush=True)       # a full disk or closed pipe fails here, not after the caller moved on
 
 
 def add_kdf_options(parser) -> None:

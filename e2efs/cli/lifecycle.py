@@ -8,13 +8,15 @@ import sys
 import time
 
 from .. import crypto, undo
-from ..errors import DestinationNotEmpty, IOFailure, NotConfirmed, SecretInputError, UsageError
+from ..check import check
+from ..errors import CorruptData, DestinationNotEmpty, IOFailure, NotConfirmed, SecretInputError, UsageError
 from ..rekey import check_not_mounted, half_finished, rekey
 from ..strength import check_password
 from ..transfer import export_tree, verify_export
 from ..tree import Tree
 from ..vault import KeyFileSlot, LockedVault, PasswordSlot
-from .common import add_kdf_options, add_output_options, human, kdf_from_args, print_json, print_key_block, say
+from .common import (add_kdf_options, add_output_options, human, is_within, kdf_from_args, print_json,
+                     print_key_block, say)
 from .offline import KEY_WARNING
 from .progress import Progress, folder_bytes
 from .secrets import add_new_password_options, add_secret_options, read_new_password, unlock, unlock_with_secret
@@ -62,15 +64,18 @@ def cmd_rekey(args) -> int:
     if kind == "password" and new_password is None and isinstance(unlocking, PasswordSlot):
         kdf = unlocking.kdf                       # the same password keeps its cost
 
+    made: list = []
+
     def make_slots(new_master: bytes) -> list:
-        slots = []
-        if kind == "keyfile":
-            slots.append(KeyFileSlot.wrap(new_master, secret))
-        if new_password is not None:
-            slots.append(PasswordSlot.wrap(new_master, new_password, kdf))
-        elif kind == "password":
-            slots.append(PasswordSlot.wrap(new_master, secret, kdf))
-        return slots
+        """Once: the JSON output lists them before the vault file gets them."""
+        if not made:
+            if kind == "keyfile":
+                made.append(KeyFileSlot.wrap(new_master, secret))
+            if new_password is not None:
+                made.append(PasswordSlot.wrap(new_master, new_password, kdf))
+            elif kind == "password":
+                made.append(PasswordSlot.wrap(new_master, secret, kdf))
+        return made
 
     kept = unlocking if unlocking is not None and (kind == "keyfile" or new_password is None) else None
     replaced = unlocking if kind == "password" and new_password is not None else None
@@ -80,12 +85,26 @@ def cmd_rekey(args) -> int:
     else:
         say(args, f"Re-encrypting every file and name in {root} under a new key.")
 
-    shown_key = {}
+    started = time.monotonic()
 
-    def announce(new_master: bytes) -> None:
-        key = crypto.format_recovery_key(new_master)
-        shown_key["key"] = key
+    def announce(result) -> None:
+        """Before the vault file switches to the new key: if this output fails, the
+        old secret still opens the vault and the same command resumes."""
+        key = crypto.format_recovery_key(result.new_master)
+        try:
+            _show_new_key(key, result)
+        except OSError as exc:
+            raise IOFailure(f"the new key could not be written out ({exc.strerror}): the vault still opens "
+                            "with the old secret; run the same rekey again") from None
+
+    def _show_new_key(key: str, result) -> None:
         if args.json:
+            stats = result.stats
+            print_json({"vault": os.path.abspath(root), "recovery_key": key, "resumed": result.resumed,
+                        "files": stats.files, "names": stats.names, "dirs": stats.dirs, "bytes": stats.bytes,
+                        "already_done": stats.already, "seconds": round(time.monotonic() - started, 3),
+                        "slots": [{"id": s.id, "type": s.TYPE} for s in make_slots(result.new_master)],
+                        "dropped_slots": [{"id": s.id, "type": s.TYPE} for s in dropped]})
             return
         if args.quiet:
             print(key, flush=True)
@@ -95,19 +114,13 @@ def cmd_rekey(args) -> int:
         print()
         print(KEY_WARNING[bool(new_password is not None or kind != "key")], flush=True)
 
-    started = time.monotonic()
     with Progress("rekey", folder_bytes(root), args.quiet or args.json) as progress:
         result = rekey(vault, make_slots, progress, announce)
+    if args.json:
+        return 0
     stats = result.stats
     secs = time.monotonic() - started
     new_slots = LockedVault.read(root).copies[0].slots
-    if args.json:
-        print_json({"vault": os.path.abspath(root), "recovery_key": shown_key["key"], "resumed": result.resumed,
-                    "files": stats.files, "names": stats.names, "dirs": stats.dirs, "bytes": stats.bytes,
-                    "already_done": stats.already, "seconds": round(secs, 3),
-                    "slots": [{"id": s.id, "type": s.TYPE} for s in new_slots],
-                    "dropped_slots": [{"id": s.id, "type": s.TYPE} for s in dropped]})
-        return 0
     say(args,
         f"\nRekeyed {root}: {stats.files} files ({human(stats.bytes)}) re-encrypted and {stats.names} names "
         f"renamed in {secs:.1f} s" + (f"; {stats.already} were already done by the interrupted run" if stats.already
@@ -144,8 +157,7 @@ def _confirm(args, root: str, dest: str) -> None:
 
 def cmd_disable(args) -> int:
     root, dest = args.vault, args.dest
-    real_root, real_dest = os.path.realpath(root), os.path.realpath(dest)
-    if real_dest == real_root or real_dest.startswith(real_root + os.sep):
+    if is_within(dest, root):
         raise UsageError(f"{dest} is inside the vault folder, which disable deletes: choose a folder outside it")
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         raise DestinationNotEmpty(f"{dest} exists and is not an empty folder; disable needs a new or empty one")
@@ -155,9 +167,16 @@ def cmd_disable(args) -> int:
         print(f"e2efs: warning: {warning}", file=sys.stderr)
     _confirm(args, root, dest)
     undo.recover(root)              # what a killed mount left half-written, rolled back first
-    tree = Tree(vault)
     started = time.monotonic()
     total = folder_bytes(root)
+    with Progress("check", total, args.quiet or args.json) as progress:
+        findings = check(Tree(vault), progress).findings
+    if findings:
+        # the export would leave out what is not an intact entry, and the folder goes whole
+        raise CorruptData(f"{len(findings)} problems in {root} (the first: {findings[0].path}: "
+                          f"{findings[0].reason}); nothing was changed: see 'e2efs fsck {root}' and mend "
+                          "them ('fsck --repair') before disabling")
+    tree = Tree(vault)
     with Progress("decrypt", total, args.quiet or args.json) as progress:
         stats = export_tree(tree, dest, progress)
     with Progress("verify", total, args.quiet or args.json) as progress:

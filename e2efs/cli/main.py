@@ -9,13 +9,15 @@ parser.
 
 import argparse
 import contextlib
+import errno
 import gc
 import importlib
 import logging
+import os
 import sys
 
 from .. import __version__
-from ..errors import E2efsError
+from ..errors import CLOSED_PIPE_EXIT, E2efsError, IOFailure, NoSpace
 
 # command -> the module of this package that registers it; modules register in
 # this order, which is the order of ``e2efs --help``
@@ -101,6 +103,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("e2efs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`| head`): stop without a message,
+        # with the status of a program SIGPIPE stopped
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE_EXIT
+    except OSError as exc:
+        # not foreseen by the command: still one line, and the class of failure
+        where = f" ({exc.filename})" if exc.filename else ""
+        cls = NoSpace if exc.errno == errno.ENOSPC else IOFailure
+        print(f"e2efs: {exc.strerror or exc}{where}", file=sys.stderr)
+        return cls.exit_code
 
 
 if __name__ == "__main__":

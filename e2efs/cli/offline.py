@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import shutil
 import stat
 import sys
 import time
@@ -15,7 +16,8 @@ from ..strength import check_password
 from ..transfer import authenticate_file, export_tree, import_tree
 from ..tree import Tree
 from ..vault import FORMAT_VERSION, LockedVault, Vault, open_with_key_only
-from .common import add_kdf_options, add_output_options, human, kdf_from_args, parse_size, print_json, print_key_block
+from .common import (add_kdf_options, add_output_options, human, is_within, kdf_from_args, parse_size, print_json,
+                     print_key_block)
 from .progress import Progress, folder_bytes
 from .secrets import add_secret_options, read_new_password, read_secret_file, unlock
 
@@ -49,21 +51,34 @@ def cmd_init(args) -> int:
         Vault.create(root, master, password, block_size, kdf)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    key = crypto.format_recovery_key(master)
-    if args.quiet and not args.json:
-        print(key)                          # the one thing init must always show
-        return 0
-    if args.json:
-        print_json({"vault": os.path.abspath(root), "recovery_key": key, "block_size": block_size,
-                     "password": password is not None})
-        return 0
-    print(f"Created vault {root} (format {FORMAT_VERSION}, {human(block_size)} blocks"
-          + (f", Argon2id {human(kdf.memory_kib * 1024)} x {kdf.time_cost})." if password else ")."))
-    print("\nYour 64-digit " + ("recovery " if password else "") + "key:\n")
-    print_key_block(key)
-    print()
-    print(KEY_WARNING[password is not None])
+    try:
+        _show_new_vault(args, root, crypto.format_recovery_key(master), block_size, kdf, password is not None)
+    except OSError as exc:
+        # a key-only vault whose key nobody saw opens never: it holds nothing yet, so it goes
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        raise IOFailure(f"the new vault's key could not be written out ({exc.strerror}): "
+                        f"the vault was removed from {root} again") from None
     return 0
+
+
+def _show_new_vault(args, root: str, key: str, block_size: int, kdf, with_password: bool) -> None:
+    if args.quiet and not args.json:
+        print(key, flush=True)              # the one thing init must always show
+    elif args.json:
+        print_json({"vault": os.path.abspath(root), "recovery_key": key, "block_size": block_size,
+                    "password": with_password})
+    else:
+        print(f"Created vault {root} (format {FORMAT_VERSION}, {human(block_size)} blocks"
+              + (f", Argon2id {human(kdf.memory_kib * 1024)} x {kdf.time_cost})." if with_password else ")."))
+        print("\nYour 64-digit " + ("recovery " if with_password else "") + "key:\n")
+        print_key_block(key)
+        print()
+        print(KEY_WARNING[with_password], flush=True)
 
 
 # -- info ---------------------------------------------------------------------
@@ -143,6 +158,9 @@ def _summary(args, verb: str, stats, started: float, extra: dict | None = None) 
 def cmd_import(args) -> int:
     if not os.path.isdir(args.source):
         raise IOFailure(f"{args.source} is not a folder")
+    if is_within(args.vault, args.source) or is_within(args.source, args.vault):
+        raise UsageError(f"{args.source} and the vault {args.vault} overlap: import a folder outside the vault "
+                         "that does not contain it")
     tree = open_tree(args)
     started = time.monotonic()
     with Progress("import", folder_bytes(args.source), args.quiet or args.json) as progress:
@@ -159,6 +177,8 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if is_within(args.dest, args.vault):
+        raise UsageError(f"{args.dest} is inside the vault folder, which is synced: plaintext must not go there")
     tree = open_tree(args)
     started = time.monotonic()
     with Progress("export", folder_bytes(args.vault), args.quiet or args.json) as progress:
