@@ -228,8 +228,10 @@ under the old key.
 """
 
 DISABLE_DESCRIPTION = """\
-Turn encryption off: decrypt every file into DEST (new or empty), read every
-file back and compare it with the vault, and only then delete the vault folder.
+Turn encryption off: check the vault as fsck does (any problem, such as a name
+that fails authentication or a file that is not the vault's, stops it: mend it
+first), decrypt every file into DEST (new or empty), read every file back and
+compare it with the vault, and only then delete the vault folder.
 Asks for the secret and for the vault folder's name typed back as confirmation
 (--yes-i-understand skips the typing, for scripts).
 
