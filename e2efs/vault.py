@@ -33,6 +33,9 @@ SLOT_AAD = b"e2efs v1 password slot"
 KEYFILE_SLOT_AAD = b"e2efs v1 keyfile slot"
 LABEL_KEYFILE_SLOT = b"e2efs v1 keyfile kek "    # followed by the slot salt
 SALT_LEN = 16
+MAX_KDF_MEMORY_KIB = 16 << 20       # 16 GiB
+MAX_KDF_TIME_COST = 1000
+MAX_KDF_PARALLELISM = 64
 LABEL_REKEY_KEK = b"e2efs v1 rekey kek"
 REKEY_AAD = b"e2efs v1 rekey"
 
@@ -60,6 +63,18 @@ class KdfParams:
     memory_kib: int = crypto.ARGON2_MEMORY_KIB
     time_cost: int = crypto.ARGON2_TIME_COST
     parallelism: int = crypto.ARGON2_PARALLELISM
+
+    def problem(self) -> str | None:
+        """Why these cannot be used: Argon2id's own minimum, or past the bounds a
+        reader accepts, so that a tampered vault file (read before its MAC can be
+        checked) cannot make the unlock take all memory or run for days."""
+        if not 1 <= self.parallelism <= MAX_KDF_PARALLELISM:
+            return f"Argon2id parallelism must be 1 to {MAX_KDF_PARALLELISM}"
+        if not 8 * self.parallelism <= self.memory_kib <= MAX_KDF_MEMORY_KIB:
+            return f"Argon2id memory must be 8 KiB per lane to {MAX_KDF_MEMORY_KIB // (1 << 20)} GiB"
+        if not 1 <= self.time_cost <= MAX_KDF_TIME_COST:
+            return f"Argon2id time cost must be 1 to {MAX_KDF_TIME_COST}"
+        return None
 
 
 @dataclass
@@ -106,7 +121,9 @@ class PasswordSlot:
         if doc.get("kdf") != "argon2id":
             raise ValueError("unknown password KDF")
         kdf = KdfParams(*(_positive_int(doc[k]) for k in ("memory_kib", "time_cost", "parallelism")))
-        return cls(kdf, _unb64(doc["salt"]), _unb64(doc["nonce"]), _unb64(doc["wrapped_key"]))
+        if kdf.problem():
+            raise ValueError(kdf.problem())
+        return cls(kdf, *_salt_nonce_wrapped(doc))
 
 
 @dataclass
@@ -143,7 +160,14 @@ class KeyFileSlot:
     def from_json(cls, doc: dict) -> "KeyFileSlot":
         if doc.get("kdf") != "hkdf-sha256":
             raise ValueError("unknown key file KDF")
-        return cls(_unb64(doc["salt"]), _unb64(doc["nonce"]), _unb64(doc["wrapped_key"]))
+        return cls(*_salt_nonce_wrapped(doc))
+
+
+def _salt_nonce_wrapped(doc: dict) -> tuple[bytes, bytes, bytes]:
+    salt, nonce, wrapped = _unb64(doc["salt"]), _unb64(doc["nonce"]), _unb64(doc["wrapped_key"])
+    if len(salt) != SALT_LEN or len(nonce) != crypto.NONCE_LEN:
+        raise ValueError("a key slot's salt or nonce has the wrong length")
+    return salt, nonce, wrapped
 
 
 SLOT_TYPES = {cls.TYPE: cls for cls in (PasswordSlot, KeyFileSlot)}

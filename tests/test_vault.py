@@ -152,6 +152,16 @@ def test_corrupt_json(vault_dir, content):
         locked(vault_dir)
 
 
+@pytest.mark.parametrize("field,value", [("salt", ""), ("nonce", ""), ("memory_kib", 1), ("parallelism", 99999999),
+                                         ("time_cost", 2**40), ("memory_kib", 2**40)])
+def test_a_key_slot_out_of_bounds_is_a_damaged_vault_file(vault_dir, field, value):
+    """The KDF runs on these before the MAC can be checked: a tampered value is
+    refused, not handed to Argon2id (a traceback, or all the machine's memory)."""
+    edit_vault_json(vault_dir, lambda d: d["slots"][0].__setitem__(field, value))
+    with pytest.raises(VaultCorrupt):
+        locked(vault_dir)
+
+
 def test_missing_vault(tmp_path):
     with pytest.raises(VaultNotFound):
         locked(tmp_path / "nope")

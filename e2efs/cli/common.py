@@ -53,8 +53,8 @@ def add_kdf_options(parser) -> None:
 
 def kdf_from_args(args) -> KdfParams:
     kdf = KdfParams(parse_size(args.kdf_memory) // 1024, args.kdf_time, args.kdf_parallelism)
-    if kdf.memory_kib < 8 * kdf.parallelism or kdf.time_cost < 1 or kdf.parallelism < 1:
-        raise UsageError("--kdf-memory must be at least 8 KiB per lane, --kdf-time and --kdf-parallelism at least 1")
+    if kdf.problem():       # past what a reader accepts, the vault would never open
+        raise UsageError(f"--kdf-memory, --kdf-time, --kdf-parallelism: {kdf.problem()}")
     return kdf
 
 
