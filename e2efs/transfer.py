@@ -30,7 +30,7 @@ from .vault import fsync_dir
 
 def _io_error(exc: OSError, what: str) -> Exception:
     if exc.errno == 28:
-        return NoSpace(f"no space left while writing {what}")
+        return NoSpace(f"{what}: no space left on the device")
     return IOFailure(f"{what}: {exc.strerror}")
 
 

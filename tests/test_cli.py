@@ -311,3 +311,18 @@ def test_unreadable_source_file():
         assert not [f for _, _, fs in os.walk(w / "v") for f in fs if f.startswith(".e2efs-tmp-")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_name_that_is_not_utf8_is_listed_as_its_bytes(tmp_path):
+    """Under a strict UTF-8 stdout (a desktop's locale) ls printed a traceback for
+    such a name; it prints the name's bytes, as ls(1) does."""
+    import sys
+    vault, pw, _ = init_vault(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"voice-\xff.opus"), "wb") as f:
+        f.write(b"x")
+    run("import", src, vault, "--password-file", pw)
+    done = subprocess.run([sys.executable, "-m", "e2efs", "ls", str(vault), "--password-file", str(pw)],
+                          capture_output=True, env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert done.returncode == 0 and b"voice-\xff.opus" in done.stdout, done.stderr
