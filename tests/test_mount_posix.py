@@ -512,3 +512,20 @@ def test_idle_locks(vault_mount):
     m.proc = None
     assert not os.path.ismount(m.path)
     assert "idle" in m.log_text()
+
+
+def test_an_atime_set_before_a_write_survives_it(mounted):
+    """A write moves the mtime to now but leaves an atime set before it, as ext4
+    does, also when no flush came between the two."""
+    path = mounted.p("f")
+    write(path, b"old")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.utime(fd, ns=(7_000_000_000, 8_000_000_000))
+        os.write(fd, b"new content")
+    finally:
+        os.close(fd)
+    mounted.remount()
+    st = os.stat(path)
+    assert st.st_atime_ns == 7_000_000_000 and abs(st.st_mtime_ns / 1e9 - time.time()) < 5
+    assert read(path) == b"new content"

@@ -38,9 +38,10 @@ class OpenFile:
     content: ContentFile
     refs: int = 1
     writable: bool = True       # the backing descriptor; see OpenFiles.open
-    # times set explicitly (utimens) after the last write: kept here and set
-    # on the backing file after each flush, which would move them to "now"
-    times: tuple[int, int] | None = None
+    # times set explicitly (utimens): kept here and set on the backing file after
+    # each flush, which would move them to "now"; a write since makes the mtime
+    # None (the backing file's own, the time of its last change)
+    times: tuple[int, int | None] | None = None
     times_set: tuple | None = None      # (times, content.disk_writes) when last set on the backing file
 
     @property
@@ -135,7 +136,8 @@ class OpenFiles:
     def flush(self, of: OpenFile) -> None:
         of.content.flush()
         if of.times is not None and of.times_set != (of.times, of.content.disk_writes):
-            os.utime(of.fd, ns=of.times)      # not again at release when nothing has moved them since
+            atime, mtime = of.times         # not set again at release when nothing has moved them since
+            os.utime(of.fd, ns=(atime, os.fstat(of.fd).st_mtime_ns if mtime is None else mtime))
             of.times_set = (of.times, of.content.disk_writes)
 
     def commit(self, of: OpenFile) -> None:

@@ -228,7 +228,9 @@ class Operations(pyfuse3.Operations):
         a.st_uid, a.st_gid = st.st_uid, st.st_gid
         a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         if of and of.times:
-            a.st_atime_ns, a.st_mtime_ns = of.times
+            a.st_atime_ns = of.times[0]
+            if of.times[1] is not None:
+                a.st_mtime_ns = of.times[1]
         a.st_blksize = self.tree.layout.block_size
         a.st_blocks = -(-size // 512)
         a.attr_timeout = a.entry_timeout = TIMEOUT
@@ -639,7 +641,8 @@ class Operations(pyfuse3.Operations):
     def write(self, fh, off, buf):
         self._writable()
         of = self.files.get(fh)
-        of.times = None
+        if of.times is not None:        # a write moves the mtime to now, not an atime set before it
+            of.times = (of.times[0], None)
         return of.content.write(off, buf)
 
     @_guarded
