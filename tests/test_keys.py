@@ -82,6 +82,19 @@ def test_slots_add_keyfile_and_password_then_remove(tmp_path):
     assert _ciphertext_digest(vault) == before
 
 
+def test_a_key_file_whose_slot_could_not_be_saved_is_not_left_behind(tmp_path, monkeypatch):
+    from e2efs.cli import main
+    from e2efs.vault import Vault
+    vault, pw, _ = _vault_with_data(tmp_path)
+
+    def read_only(self):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(Vault, "save", read_only)
+    keyfile = tmp_path / "usb.key"
+    code = main.main(["key", "add", str(vault), "--password-file", str(pw), "--keyfile-out", str(keyfile)])
+    assert code == 18 and not keyfile.exists()
+
+
 def test_removing_the_last_slot_is_refused(tmp_path):
     vault, pw, key = _vault_with_data(tmp_path)
     slot_id = json.loads(run("key", "list", vault, "--json").stdout)[0]["id"]

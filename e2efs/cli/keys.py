@@ -77,9 +77,13 @@ def cmd_key_add(args) -> int:
             raise UsageError(f"{args.keyfile_out} exists; choose a new file for the key file")
         secret = (KEYFILE_PREFIX + base64.b64encode(os.urandom(32)).decode()).encode()
         fd = os.open(args.keyfile_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret + b"\n")
-        slot = vault.add_keyfile(secret + b"\n")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secret + b"\n")
+            slot = vault.add_keyfile(secret + b"\n")       # written first: no slot without its file
+        except BaseException:
+            os.unlink(args.keyfile_out)                     # a secret that opens nothing is not left lying about
+            raise
         what = f"key file {args.keyfile_out}"
     else:
         slot = vault.add_password(_new_password(args), kdf_from_args(args))
