@@ -95,6 +95,27 @@ def test_a_key_file_whose_slot_could_not_be_saved_is_not_left_behind(tmp_path, m
     assert code == 18 and not keyfile.exists()
 
 
+def test_passwd_slot_names_the_password_replaced_and_a_wrong_one_is_refused(tmp_path):
+    vault, pw, _ = _vault_with_data(tmp_path)
+    second = _secret(tmp_path, "second.pw", NEW_PASSWORD)
+    run("key", "add", vault, "--password-file", pw, "--new-password-file", second, *FAST_KDF)
+    first_id, second_id = [s["id"] for s in json.loads(run("key", "list", vault, "--json").stdout)][:2]
+    third = _secret(tmp_path, "third.pw", "yet another long passphrase 4321")
+    assert run("passwd", vault, "--password-file", pw, "--new-password-file", third, "--slot", "zz",
+               *FAST_KDF, check=False).returncode == 2
+    done = json.loads(run("passwd", vault, "--password-file", pw, "--new-password-file", third,
+                          "--slot", second_id, *FAST_KDF, "--json").stdout)
+    assert done["replaced"] == second_id
+    assert run("ls", vault, "--password-file", second, check=False).returncode == WrongSecret.exit_code
+    for secret in (pw, third):
+        assert run("ls", vault, "--password-file", secret).returncode == 0
+
+
+def test_one_secret_option_at_a_time(tmp_path):
+    vault, pw, key = _vault_with_data(tmp_path)
+    assert run("ls", vault, "--password-file", pw, "--key-file", key, check=False).returncode == 2
+
+
 def test_removing_the_last_slot_is_refused(tmp_path):
     vault, pw, key = _vault_with_data(tmp_path)
     slot_id = json.loads(run("key", "list", vault, "--json").stdout)[0]["id"]

@@ -36,12 +36,14 @@ def cmd_passwd(args) -> int:
     vault = unlock(args, args.vault)
     password = _new_password(args)
     passwords = [s.id for s in vault.slots if s.TYPE == "password"]
-    if vault.unlocked_slot in passwords:
+    if args.slot is not None:
+        if args.slot not in passwords:
+            raise UsageError(f"no password in key slot {args.slot!r} (passwords: {', '.join(passwords) or 'none'})")
+        target = args.slot
+    elif vault.unlocked_slot in passwords:
         target = vault.unlocked_slot
     elif len(passwords) <= 1:
         target = passwords[0] if passwords else None
-    elif args.slot in passwords:
-        target = args.slot
     else:
         raise UsageError(f"this vault has {len(passwords)} passwords: name the one to replace with --slot "
                          f"({', '.join(passwords)})")

@@ -16,7 +16,8 @@ from ..vault import LockedVault, Vault
 
 def add_secret_options(parser, new: bool = False) -> None:
     group = parser.add_argument_group(
-        "secret", "Read from one of these, or asked on the terminal. Never given on the command line.")
+        "secret", "Read from one of these, or asked on the terminal. Never given on the command line."
+    ).add_mutually_exclusive_group()
     group.add_argument("--password-file", metavar="FILE",
                        help="read the %spassword from FILE (one trailing newline is ignored)" % ("new " if new else ""))
     group.add_argument("--password-command", metavar="CMD",
