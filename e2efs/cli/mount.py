@@ -21,6 +21,7 @@ from ..errors import E2efsError, FuseUnavailable, MountFailed, MountpointError, 
 from ..fs import registry
 from ..fs.mountpoint import fusermount, is_mounted, vault_read_only
 from ..vault import LockedVault, Vault
+from .common import is_within
 from .main import no_gc
 from .secrets import add_secret_options, unlock_with_secret
 
@@ -233,6 +234,9 @@ def cmd_mount(args) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
     idle = parse_idle(args.idle)
     check_fuse()
+    if is_within(mountpoint, vault_root) or is_within(vault_root, mountpoint):
+        # a sync client walking the vault folder would upload the plaintext the mount shows
+        raise MountpointError(f"mount point {mountpoint} and the vault {vault_root} must not be inside each other")
     check_mountpoint(mountpoint)
     locked = LockedVault.read(vault_root)
     warnings = []
