@@ -443,10 +443,14 @@ def test_mount_errors_are_one_line(vault_mount, tmp_path):
     (full / "x").write_text("")
     inside = os.path.join(m.vault, "plain")          # the sync client would upload what the mount shows
     os.mkdir(inside)
-    for target in (str(tmp_path / "missing"), str(tmp_path / "file"), str(full), inside):
-        done = m.cli("mount", m.vault, target, "--password-file", m.password_file, check=False)
-        assert done.returncode == MountpointError.exit_code, done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
+    try:
+        for target in (str(tmp_path / "missing"), str(tmp_path / "file"), str(full), inside):
+            done = m.cli("mount", m.vault, target, "--password-file", m.password_file, check=False)
+            assert done.returncode == MountpointError.exit_code, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        if os.path.ismount(inside):         # a regression must not leave a mount behind
+            m.cli("unmount", inside, check=False)
     os.rmdir(inside)
     m.mount()
     done = m.cli("mount", m.vault, m.path, "--password-file", m.password_file, check=False)
