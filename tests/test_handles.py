@@ -17,16 +17,23 @@ from e2efs.undo import UndoLog, left_behind
 from vaultutil import make_tree
 
 
-def test_a_file_whose_record_could_not_be_applied_is_not_opened_again(tmp_path, monkeypatch):
-    """Changed in place and flushed now, it would be rolled back over by the kept
-    record at the next mount: refused (EIO) until then."""
-    tree = make_tree(tmp_path / "vault")
+def _new_file(tree, name: bytes, data: bytes):
+    """(open files, its inode table, the node, the open file) of a new file ``name``
+    in the root folder holding ``data``, not yet committed."""
     inodes = InodeTable(tree)
     files = OpenFiles(tree, inodes, read_only=False)
     node = inodes.new(Kind.FILE)
     of = files.open_new(node, pyfuse3.ROOT_INODE, 0o600, None)
-    inodes.add_link(node, (pyfuse3.ROOT_INODE, b"chat.db"), None)
-    of.content.write(0, os.urandom(3 * 4096))
+    inodes.add_link(node, (pyfuse3.ROOT_INODE, name), None)
+    of.content.write(0, data)
+    return files, inodes, node, of
+
+
+def test_a_file_whose_record_could_not_be_applied_is_not_opened_again(tmp_path, monkeypatch):
+    """Changed in place and flushed now, it would be rolled back over by the kept
+    record at the next mount: refused (EIO) until then."""
+    tree = make_tree(tmp_path / "vault")
+    files, inodes, node, of = _new_file(tree, b"chat.db", os.urandom(3 * 4096))
     files.commit(of)                                 # in place from here on
     of.content.write(4096 + 10, os.urandom(100))       # pending until the flush
     real_pwrite = os.pwrite
@@ -55,12 +62,7 @@ def test_kept_times_are_set_again_after_a_truncate_moved_them(tmp_path):
     on the backing file, which moves its mtime) while the times set on it stay:
     the next flush must put them back, though the times themselves are unchanged."""
     tree = make_tree(tmp_path / "vault")
-    inodes = InodeTable(tree)
-    files = OpenFiles(tree, inodes, read_only=False)
-    node = inodes.new(Kind.FILE)
-    of = files.open_new(node, pyfuse3.ROOT_INODE, 0o600, None)
-    inodes.add_link(node, (pyfuse3.ROOT_INODE, b"photo.jpg"), None)
-    of.content.write(0, os.urandom(3 * 4096))
+    files, inodes, node, of = _new_file(tree, b"photo.jpg", os.urandom(3 * 4096))
     of.times = (1_500_000_000_000_000_000, 1_600_000_000_000_000_000)
     files.commit(of)
     assert os.stat(of.fd).st_mtime_ns == of.times[1]
@@ -76,12 +78,7 @@ def test_a_commit_whose_replaced_entry_cannot_be_removed_is_still_a_commit(tmp_p
     old entry of another kind it replaced leaves a duplicate, not a lost file."""
     tree = make_tree(tmp_path / "vault")
     old = tree.symlink(tree.root, b"avatar.jpg", b"elsewhere")
-    inodes = InodeTable(tree)
-    files = OpenFiles(tree, inodes, read_only=False)
-    node = inodes.new(Kind.FILE)
-    of = files.open_new(node, pyfuse3.ROOT_INODE, 0o600, None)
-    inodes.add_link(node, (pyfuse3.ROOT_INODE, b"avatar.jpg"), None)
-    of.content.write(0, b"new picture")
+    files, inodes, node, of = _new_file(tree, b"avatar.jpg", b"new picture")
     old_path, real_unlink = tree.path(tree.root, old), os.unlink
 
     def failing(path, *args, **kw):
