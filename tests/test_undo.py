@@ -3,8 +3,9 @@
 A forked writer applies a change to a real ciphertext file and dies (``os._exit``)
 at its N-th pwrite or ftruncate, after writing only half of that pwrite; then
 ``recover`` runs and the file must read back as exactly the old or the new
-plaintext (or one the change passed through whole: a flush point), for every N.  Without the undo log the same kills leave files that
-fail authentication, which shows the kills reach the windows that matter.
+plaintext (or one the change passed through whole: a flush point), for every N.
+Without the undo log the same kills leave files that fail authentication, which
+shows the kills reach the windows that matter.
 """
 
 import os
