@@ -393,7 +393,7 @@ class ContentFile:
             self._size = size          # the new bytes read as zeros until flushed
             return
         self.flush()        # the changes before it first: if they fail, the truncate has not begun
-        old_size, last = self._size, self.layout.block_count(size) - 1
+        old_size, last, writes = self._size, self.layout.block_count(size) - 1, self.disk_writes
         old_block = bytes(self._current(last))
         self._dirty = {last: bytearray(old_block[:self.layout.block_len(last, size)])}
         self._clean.clear()
@@ -401,26 +401,28 @@ class ContentFile:
         try:
             self.flush()
         except BaseException:
-            if not self._undo_truncate(old_size, last, old_block):
+            if not self._undo_truncate(old_size, last, old_block, writes):
                 raise
 
-    def _undo_truncate(self, old_size: int, last: int, old_block: bytes) -> bool:
+    def _undo_truncate(self, old_size: int, last: int, old_block: bytes, writes: int) -> bool:
         """A shrink whose flush failed (disk full) is not left pending: the caller
         hears it failed, and the kernel keeps the old size.  The file goes back to
-        the flush just before it (True: the truncate was written whole after all)."""
-        undo = self.undo
+        the flush just before it; True if the shrink is on disk whole after all."""
         self._clean.clear()             # it may hold the new final block
-        if undo is not None and undo.active:
+        reverted = None
+        if self.undo is not None and self.undo.active:
             try:
-                if not undo.roll_back():
-                    self._dirty = {}
-                    self._as_flushed(self._size)
-                    return True
+                reverted = self.undo.roll_back()
             except Exception:
-                return False            # left pending: release rolls back or keeps the record
+                pass                    # the file stays as the failed flush left it
+        shrunk = reverted is False or (reverted is None and self._disk_end <= self.layout.ciphertext_size(self._size))
+        if shrunk:                      # new final block written and the file cut
             self._dirty = {}
-        else:                           # no record: the tail block may be torn, so write it again
-            self._dirty = {last: bytearray(old_block)}
+            self._as_flushed(self._size)
+            return True
+        # back on disk, or to be put back: the old final block may be torn (rewritten
+        # by the next flush; a kill before it leaves the record to restore it)
+        self._dirty = {last: bytearray(old_block)} if not reverted and self.disk_writes != writes else {}
         self._size = old_size
         self._as_flushed(old_size)
         return False

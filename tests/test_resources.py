@@ -166,16 +166,41 @@ def test_a_truncate_the_full_disk_refused_is_not_applied_later(tmpfs_vault):
         assert f.read() == old
 
 
-def test_after_writes_lost_to_a_full_disk_the_mount_shows_what_the_vault_holds(tmpfs_vault):
-    """Writes the daemon had to refuse (disk full) still sit in the kernel's pages
-    and size; once space is back and the file is closed, the mount shows what
-    was saved (a prefix of what was written here, with no zeroed hole), not
-    those pages, which a remount would contradict."""
+def test_truncating_a_closed_file_gives_room_back_on_a_full_disk(tmpfs_vault):
     m = tmpfs_vault
     m.mount()
-    filler = _fill_drive(m, room=3 * MIB)
+    old = os.urandom(2 * MIB)
+    with open(m.p("a.db"), "wb") as f:
+        f.write(old)
+    filler = _fill_drive(m)
+    os.truncate(m.p("a.db"), 100)
+    assert shutil.disk_usage(m.vault).free > MIB
+    os.unlink(filler)
+    m.remount()
+    with open(m.p("a.db"), "rb") as f:
+        assert f.read() == old[:100]
+
+
+@pytest.mark.parametrize("kind", ["in place", "rewrite", "new"])
+def test_after_writes_lost_to_a_full_disk_the_mount_shows_what_the_vault_holds(tmpfs_vault, kind):
+    """Writes the daemon had to refuse (disk full) still sit in the kernel's pages
+    and size.  Once space is back: a file changed in place keeps what was saved
+    (a prefix of what was written, no zeroed hole) and the mount shows that, not
+    those pages; a new version (O_TRUNC, or a new file) is known to be incomplete,
+    so its fsync and close fail and the previous version (or no file) stays."""
+    m = tmpfs_vault
+    m.mount()
+    previous = os.urandom(MIB // 4)
+    if kind != "new":
+        with open(m.p("video.mp4"), "wb") as f:
+            f.write(previous)
+    # 2 MiB go in, then ~5 MiB wait in memory (DIRTY_LIMIT_BYTES), the rest is
+    # refused; freeing the filler leaves room for what waits
+    filler = _fill_drive(m, room=2 * MIB)
     data = b"".join(bytes([65 + i]) * MIB for i in range(8))
-    fd = os.open(m.p("video.mp4"), os.O_RDWR | os.O_CREAT, 0o644)
+    flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if kind != "in place" else 0)
+    fd = os.open(m.p("video.mp4"), flags, 0o644)
+    closed = None
     try:
         for i in range(8):
             os.pwrite(fd, data[i * MIB:(i + 1) * MIB], i * MIB)
@@ -183,15 +208,34 @@ def test_after_writes_lost_to_a_full_disk_the_mount_shows_what_the_vault_holds(t
             os.fsync(fd)
         assert e.value.errno == errno.ENOSPC
         os.unlink(filler)
-        os.fsync(fd)
+        if kind != "in place":
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+            assert e.value.errno == errno.ENOSPC
+        else:
+            os.fsync(fd)
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError as exc:
+            closed = exc.errno
+    assert closed == (None if kind == "in place" else errno.ENOSPC)
+    if kind == "new":
+        assert "video.mp4" not in os.listdir(m.path)
+        m.remount()
+        assert "video.mp4" not in os.listdir(m.path)
+        return
     with open(m.p("video.mp4"), "rb") as f:
         shown = f.read()
     m.remount()
     with open(m.p("video.mp4"), "rb") as f:
         saved = f.read()
-    assert shown == saved and saved == data[:len(saved)]
+    assert shown == saved
+    if kind == "rewrite":
+        assert saved == previous
+    else:
+        assert len(saved) >= 2 * MIB and saved == data[:len(saved)]
+        assert "were refused" in m.log_text()
     assert m.proc.poll() is None
 
 

@@ -207,7 +207,8 @@ re-encrypt every file's content and every name under it. Use it when the key,
 a password or a key file may have leaked: 'e2efs passwd' and 'e2efs key remove'
 change only the vault file, so old copies of it still open with the old secret.
 
-The new 64-digit key is printed once, like at init. The secret you unlock with
+The new 64-digit key is printed once, like at init, before the vault switches to it
+(with --json the whole document is printed then: check the exit code too). The secret you unlock with
 keeps working (rewrapped under the new key), or is replaced with
 --new-password-file; every other password and key file is dropped and listed.
 Unlocking with the old 64-digit key asks for a new password (or --key-only).

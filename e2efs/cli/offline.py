@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import shutil
 import stat
 import sys
 import time
@@ -15,7 +14,7 @@ from ..names import Kind
 from ..strength import check_password
 from ..transfer import authenticate_file, export_tree, import_tree
 from ..tree import Tree
-from ..vault import FORMAT_VERSION, LockedVault, Vault, open_with_key_only
+from ..vault import FORMAT_VERSION, VAULT_BACKUP, VAULT_FILE, LockedVault, Vault, open_with_key_only
 from .common import (add_kdf_options, add_output_options, human, is_within, kdf_from_args, parse_size, print_json,
                      print_key_block)
 from .progress import Progress, folder_bytes
@@ -55,12 +54,8 @@ def cmd_init(args) -> int:
         _show_new_vault(args, root, crypto.format_recovery_key(master), block_size, kdf, password is not None)
     except OSError as exc:
         # a key-only vault whose key nobody saw opens never: it holds nothing yet, so it goes
-        for name in os.listdir(root):
-            path = os.path.join(root, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
+        for name in (VAULT_FILE, VAULT_BACKUP):
+            os.unlink(os.path.join(root, name))
         raise IOFailure(f"the new vault's key could not be written out ({exc.strerror}): "
                         f"the vault was removed from {root} again") from None
     return 0

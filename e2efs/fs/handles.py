@@ -147,6 +147,8 @@ class OpenFiles:
         node = of.node
         if node.temp is None:
             return
+        if of.content.refused_writes:       # known to be incomplete: it never replaces the previous version
+            raise OSError(errno.ENOSPC, "some writes to the new version were refused")
         if not node.links:
             self.orphan(node)
             return
@@ -188,8 +190,8 @@ class OpenFiles:
                 of.content.undo.close(keep=keep_record)     # the next mount rolls it back
             os.close(of.fd)
         if of.content.refused_writes:       # the kernel holds their pages and counts them in its size
-            log.error("%d writes to %s were refused (disk full): the file is what was saved without them",
-                      of.content.refused_writes, of.content.label)
+            log.error("%d writes to %s were refused (earlier ones could not be stored): the file is what "
+                      "was saved without them", of.content.refused_writes, of.content.label)
             raise ChangeLost() from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _undo_failed_flush(self, of: OpenFile, why: Exception) -> tuple[bool, bool]:

@@ -319,7 +319,13 @@ class Operations(pyfuse3.Operations):
                 self.files.make_writable(of)
                 of.content.truncate(attr.st_size)
             else:
-                self._truncate_closed(node, attr.st_size)
+                # no undo record: one would need room the disk may not have, and
+                # truncating is how a full disk gets room back
+                content = self.tree.open_content(target, writable=True)
+                try:
+                    content.truncate(attr.st_size)
+                finally:
+                    os.close(content.fd)
         if fields.update_mode and node.kind is not Kind.SYMLINK:
             os.chmod(target, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
@@ -346,15 +352,6 @@ class Operations(pyfuse3.Operations):
                 os.utime(target, ns=times)
                 current = None
         return self._attrs(node, current)
-
-    def _truncate_closed(self, node: Node, size: int) -> None:
-        """truncate(2) of a file nobody has open: opened as for a write, so that an
-        undo record covers rewriting its new final block."""
-        of = self.files.open(node, write=True)
-        try:
-            of.content.truncate(size)
-        finally:
-            self.files.release(node.ino)
 
     def _may_setattr(self, node: Node, attr, fields, caller: Caller) -> os.stat_result:
         """As the kernel's ``setattr_prepare``; may take the setgid bit out of ``attr``.
@@ -630,8 +627,18 @@ class Operations(pyfuse3.Operations):
                            and node.cache_sig == backing_signature(backing or os.lstat(self.inodes.path(node))))
         of = self.files.open(node, write=access != os.O_RDONLY or bool(truncate))
         if truncate:
-            of.content.truncate(0)
+            try:
+                of.content.truncate(0)
+            except BaseException:
+                self._release_quietly(inode)     # a failed open gets no RELEASE
+                raise
         return pyfuse3.FileInfo(fh=inode, keep_cache=keep)
+
+    def _release_quietly(self, ino: int) -> None:
+        try:
+            self.files.release(ino)
+        except Exception as exc:
+            log.error("closing the file of inode %d after a failed open: %s", ino, exc)
 
     @_guarded
     def read(self, fh, off, size):
