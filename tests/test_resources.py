@@ -42,12 +42,18 @@ def _temps(root):
     return [os.path.join(d, n) for d, _, ns in os.walk(root) for n in ns if n.startswith(TEMP_PREFIX)]
 
 
+def _mounted_with(m, name: str, size: int) -> bytes:
+    """Mount ``m`` and write a file of ``size`` random bytes; its content."""
+    m.mount()
+    data = os.urandom(size)
+    with open(m.p(name), "wb") as f:
+        f.write(data)
+    return data
+
+
 def test_full_disk_gives_enospc_and_keeps_the_previous_version(tmpfs_vault):
     m = tmpfs_vault
-    m.mount()
-    previous = os.urandom(2 * MIB)
-    with open(m.p("backup.db"), "wb") as f:
-        f.write(previous)
+    previous = _mounted_with(m, "backup.db", 2 * MIB)
     with pytest.raises(OSError) as e:                 # O_TRUNC: the new version goes to a temp file
         with open(m.p("backup.db"), "wb") as f:
             for _ in range(20):
@@ -82,11 +88,7 @@ def test_writing_on_past_a_full_disk_neither_grows_the_daemon_nor_tears_the_file
     mount down), and at close the file goes back to its last flush at once, not
     at the next mount (this mount would show a file failing authentication)."""
     m = tmpfs_vault
-    m.mount()
-    flushed = os.urandom(MIB)
-    with open(m.p("media.bin"), "wb") as f:
-        f.write(flushed)
-        os.fsync(f.fileno())                          # in place from here on, under an undo record
+    flushed = _mounted_with(m, "media.bin", MIB)      # in place from here on, under an undo record
     before = _peak_rss_mib(m.proc.pid)
     chunk = os.urandom(MIB)
     with pytest.raises(OSError) as e:
@@ -123,10 +125,7 @@ def test_a_change_refused_before_any_block_was_overwritten_is_not_shown(tmpfs_va
     the kernel still holds (another program appending after it would otherwise
     commit zeros where that data was)."""
     m = tmpfs_vault
-    m.mount()
-    old = os.urandom(3 * 4096)
-    with open(m.p("a.db"), "wb") as f:
-        f.write(old)
+    old = _mounted_with(m, "a.db", 3 * 4096)
     filler = _fill_drive(m)
     with pytest.raises(OSError) as e:
         with open(m.p("a.db"), "ab") as f:
@@ -147,10 +146,7 @@ def test_a_truncate_the_full_disk_refused_is_not_applied_later(tmpfs_vault):
     """The program heard ENOSPC and the kernel kept the old size: the vault must
     keep it too, after space comes back and the file is closed."""
     m = tmpfs_vault
-    m.mount()
-    old = os.urandom(2 * MIB)
-    with open(m.p("media.db"), "wb") as f:
-        f.write(old)
+    old = _mounted_with(m, "media.db", 2 * MIB)
     fd = os.open(m.p("media.db"), os.O_RDWR)
     try:
         filler = _fill_drive(m)
@@ -168,10 +164,7 @@ def test_a_truncate_the_full_disk_refused_is_not_applied_later(tmpfs_vault):
 
 def test_truncating_a_closed_file_gives_room_back_on_a_full_disk(tmpfs_vault):
     m = tmpfs_vault
-    m.mount()
-    old = os.urandom(2 * MIB)
-    with open(m.p("a.db"), "wb") as f:
-        f.write(old)
+    old = _mounted_with(m, "a.db", 2 * MIB)
     filler = _fill_drive(m)
     os.truncate(m.p("a.db"), 100)
     assert shutil.disk_usage(m.vault).free > MIB

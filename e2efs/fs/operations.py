@@ -324,6 +324,7 @@ class Operations(pyfuse3.Operations):
                 content = self.tree.open_content(target, writable=True)
                 try:
                     content.truncate(attr.st_size)
+                    content.flush()             # a growth waits in memory otherwise
                 finally:
                     os.close(content.fd)
         if fields.update_mode and node.kind is not Kind.SYMLINK:
