@@ -346,13 +346,18 @@ class ContentFile:
         """A block write failed (disk full) part way through a request: the size
         already counts all of it, so every block it touches waits in the dirty
         blocks, to be written by the next flush, rather than reading as zeros."""
-        bs = self.layout.block_size
         for i in self.layout.blocks_touched(offset, len(view)):
-            start = i * bs
-            lo, hi = max(offset, start), min(offset + len(view), start + bs)
-            block = bytearray(self._current(i))
-            block[lo - start:hi - start] = view[lo - offset:hi - offset]
-            self._keep_pending(i, block)
+            self._keep_pending(i, self._block_with(i, offset, view))
+
+    def _block_with(self, i: int, offset: int, view: memoryview) -> bytearray:
+        """Block ``i`` once the request's bytes (``view`` at ``offset``) are in it."""
+        start = i * self.layout.block_size
+        lo, hi = max(offset, start), min(offset + len(view), start + self.layout.block_size)
+        if lo == start and hi == start + self.layout.block_len(i, self._size):
+            return bytearray(view[lo - offset:hi - offset])
+        block = bytearray(self._current(i))
+        block[lo - start:hi - start] = view[lo - offset:hi - offset]
+        return block
 
     def _write_blocks(self, offset: int, view: memoryview, old_last: int) -> None:
         bs = self.layout.block_size
@@ -374,12 +379,7 @@ class ContentFile:
             if full and self._sealable(i):
                 run.append(i)
                 continue
-            if lo == start and hi == start + self.layout.block_len(i, self._size):
-                block = bytearray(view[lo - offset:hi - offset])
-            else:
-                block = bytearray(self._current(i))
-                block[lo - start:hi - start] = view[lo - offset:hi - offset]
-            self._dirty[i] = block
+            self._dirty[i] = self._block_with(i, offset, view)
             self._clean.pop(i, None)
             if hi == start + bs:
                 self._seal_if_complete(i, last)
