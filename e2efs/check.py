@@ -65,9 +65,11 @@ class Report:
         self.findings.append(Finding(kind, path, reason, **kw))
 
 
-def check(tree: Tree, progress=None) -> Report:
+def check(tree: Tree, progress=None, contents: bool = True) -> Report:
+    """``contents=False``: names and what is not an entry only, no block read
+    (for a caller that authenticates every file's content itself)."""
     report = Report()
-    _check_dir(tree, tree.root, report, progress, b"")
+    _check_dir(tree, tree.root, report, progress, b"", contents)
     return report
 
 
@@ -83,7 +85,7 @@ def _placeholder_reason(fname: str) -> str | None:
     return None
 
 
-def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> None:
+def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes, contents: bool) -> None:
     report.dirs += 1
     fnames = sorted(os.listdir(d.path))
     used_long_stems = set()
@@ -138,7 +140,7 @@ def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> N
                                DUP_DIR, parent=d, parsed=parsed, rel=rel, twin=dir_names[rel])
             dir_names.setdefault(rel, fname)
             try:
-                _check_dir(tree, Dir(path, parsed.dir_id), report, progress, rel + b"/")
+                _check_dir(tree, Dir(path, parsed.dir_id), report, progress, rel + b"/", contents)
             except OSError as exc:
                 report.problem(path, f"unreadable folder: {exc.strerror}", UNREADABLE, parent=d, parsed=parsed, rel=rel)
             continue
@@ -149,6 +151,8 @@ def _check_dir(tree: Tree, d: Dir, report: Report, progress, prefix: bytes) -> N
         if st.st_size == 0:
             report.problem(path, "empty ciphertext file: a sync client's placeholder or an unfinished download "
                                  "(no e2efs file is ever 0 bytes)", PLACEHOLDER, parent=d, parsed=parsed, rel=rel)
+            continue
+        if not contents:
             continue
         try:
             report.bytes += authenticate_file(tree, path)

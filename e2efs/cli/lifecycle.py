@@ -168,15 +168,15 @@ def cmd_disable(args) -> int:
     _confirm(args, root, dest)
     undo.recover(root)              # what a killed mount left half-written, rolled back first
     started = time.monotonic()
-    total = folder_bytes(root)
-    with Progress("check", total, args.quiet or args.json) as progress:
-        findings = check(Tree(vault), progress).findings
+    tree = Tree(vault)
+    # the export leaves out what is not an intact entry, and the folder goes whole;
+    # the contents it authenticates itself
+    findings = check(tree, contents=False).findings
     if findings:
-        # the export would leave out what is not an intact entry, and the folder goes whole
         raise CorruptData(f"{len(findings)} problems in {root} (the first: {findings[0].path}: "
                           f"{findings[0].reason}); nothing was changed: see 'e2efs fsck {root}' and mend "
                           "them ('fsck --repair') before disabling")
-    tree = Tree(vault)
+    total = folder_bytes(root)
     with Progress("decrypt", total, args.quiet or args.json) as progress:
         stats = export_tree(tree, dest, progress)
     with Progress("verify", total, args.quiet or args.json) as progress:
@@ -207,10 +207,11 @@ re-encrypt every file's content and every name under it. Use it when the key,
 a password or a key file may have leaked: 'e2efs passwd' and 'e2efs key remove'
 change only the vault file, so old copies of it still open with the old secret.
 
-The new 64-digit key is printed once, like at init, before the vault switches to it
-(with --json the whole document is printed then: check the exit code too). The secret you unlock with
-keeps working (rewrapped under the new key), or is replaced with
---new-password-file; every other password and key file is dropped and listed.
+The new 64-digit key is printed once, like at init, before the vault switches
+to it (with --json the whole document is printed then: check the exit code too).
+The secret you unlock with keeps working (rewrapped under the new key), or is
+replaced with --new-password-file; every other password and key file is dropped
+and listed.
 Unlocking with the old 64-digit key asks for a new password (or --key-only).
 
 Interrupt it at any point (Ctrl-C, crash, power loss) and run the same command
