@@ -185,9 +185,9 @@ def rekey(vault: Vault, make_slots, progress=None, announce=None) -> Result:
     """Re-encrypt the whole vault under a new key.  ``make_slots(new_master)``
     returns the key slots of the finished vault (wrapped under K');
     ``announce(result)`` is called when every file is done, before the vault
-    file switches to K' (the CLI shows the new key there, so a crash or a failed
-    output after the switch cannot lose a key nobody has seen).  ``make_slots=None`` stops before
-    the switch (tests)."""
+    file switches to K' (the CLI shows the new key there, so neither a crash nor
+    a failed output can lose a key nobody has seen).  ``make_slots=None`` stops
+    before the switch (tests)."""
     check_not_mounted(vault.root, "rekey")
     undo.recover(vault.root)        # a half-written file would be re-encrypted half-written
     new_master, resumed = begin(vault)

@@ -121,8 +121,8 @@ class PasswordSlot:
         if doc.get("kdf") != "argon2id":
             raise ValueError("unknown password KDF")
         kdf = KdfParams(*(_positive_int(doc[k]) for k in ("memory_kib", "time_cost", "parallelism")))
-        if kdf.problem():
-            raise ValueError(kdf.problem())
+        if why := kdf.problem():
+            raise ValueError(why)
         return cls(kdf, *_salt_nonce_wrapped(doc))
 
 

@@ -53,8 +53,8 @@ def add_kdf_options(parser) -> None:
 
 def kdf_from_args(args) -> KdfParams:
     kdf = KdfParams(parse_size(args.kdf_memory) // 1024, args.kdf_time, args.kdf_parallelism)
-    if kdf.problem():       # past what a reader accepts, the vault would never open
-        raise UsageError(f"--kdf-memory, --kdf-time, --kdf-parallelism: {kdf.problem()}")
+    if why := kdf.problem():        # past what a reader accepts, the vault would never open
+        raise UsageError(f"--kdf-memory, --kdf-time, --kdf-parallelism: {why}")
     return kdf
 
 
