@@ -163,6 +163,7 @@ class ContentFile:
         self._disk_final: int | None = self._disk_blocks - 1
         self._dirty: dict[int, bytearray] = {}
         self._clean: OrderedDict[int, bytes] = OrderedDict()
+        self._raw: dict[int, bytes] = {}     # ciphertext of blocks read since last written, for the undo record
         self.undo: UndoLog | None = None     # set by whoever writes the file in place
         self._disk_end = self.layout.ciphertext_size(size)     # where the ciphertext on disk ends
         self.disk_writes = 0        # changes made to the ciphertext file (each moved its mtime)
@@ -207,6 +208,10 @@ class ContentFile:
         if plain is None:
             raise CorruptData(f"{self.label}: block {index} failed authentication")
         self._remember(index, plain)
+        if self.undo is not None:       # a rewrite saves it from memory, not by copying it from disk again
+            self._raw[index] = raw
+            if len(self._raw) > CLEAN_CACHE_BLOCKS:
+                del self._raw[next(iter(self._raw))]
         return plain
 
     def _remember(self, index: int, plain: bytes) -> None:
@@ -232,7 +237,7 @@ class ContentFile:
         out = scratch(len(plain) + BLOCK_OVERHEAD)
         self._cipher.seal_run_into(index, plain, index if final else None, out)
         try:
-            self._pwrite_all(out, self.layout.block_offset(index))
+            self._pwrite_all(out, self.layout.block_offset(index), self._raw.get(index))
         except BaseException:
             if index not in self._dirty:
                 self._keep_pending(index, plain)
@@ -244,12 +249,20 @@ class ContentFile:
         self._dirty[index] = bytearray(plain)
         self._clean.pop(index, None)
 
-    def _pwrite_all(self, view: memoryview, offset: int) -> None:
+    def _pwrite_all(self, view: memoryview, offset: int, old: bytes | None = None) -> None:
+        """``old``: what the one block at ``offset`` holds on disk now, if known."""
         if self.undo is not None:
-            self.undo.save(offset, len(view), self.layout.ciphertext_size(self._flushed_size))
+            self.undo.save(offset, len(view), self.layout.ciphertext_size(self._flushed_size), old)
+            if self._raw:
+                self._forget_raw(offset, len(view))
         self._disk_end = max(self._disk_end, offset + len(view))
         self.disk_writes += 1
         pwrite_all(self.fd, view, offset)
+
+    def _forget_raw(self, offset: int, length: int) -> None:
+        stride = self.layout.stride
+        for i in range((offset - HEADER_LEN) // stride, -(-(offset + length - HEADER_LEN) // stride)):
+            self._raw.pop(i, None)
 
     # -- plaintext operations -----------------------------------------------
 
@@ -397,6 +410,7 @@ class ContentFile:
         old_block = bytes(self._current(last))
         self._dirty = {last: bytearray(old_block[:self.layout.block_len(last, size)])}
         self._clean.clear()
+        self._raw.clear()
         self._size = size
         try:
             self.flush()
@@ -409,6 +423,7 @@ class ContentFile:
         hears it failed, and the kernel keeps the old size.  The file goes back to
         the flush just before it; True if the shrink is on disk whole after all."""
         self._clean.clear()             # it may hold the new final block
+        self._raw.clear()
         reverted = None
         if self.undo is not None and self.undo.active:
             try:
@@ -459,6 +474,7 @@ class ContentFile:
             if self._disk_end > expected:      # else the final block's pwrite ended the file
                 if self.undo is not None:
                     self.undo.done(expected)
+                self._raw.clear()
                 try:
                     self.disk_writes += 1
                     os.ftruncate(self.fd, expected)

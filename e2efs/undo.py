@@ -7,7 +7,10 @@ one, would leave blocks that fail authentication, and with them the unchanged
 pages that share the block.  So before the first byte of a consistent file is
 overwritten, the bytes it held are copied to an undo record in the vault's
 ``.e2efs-undo`` folder; the record is emptied once the file is consistent again
-(the end of ``ContentFile.flush``).  Whoever opens the vault next for writing
+(the end of ``ContentFile.flush``) by zeroing its ``end`` field, not by
+truncating it: the record file keeps its pages for the next round (new pages
+cost more than the copy itself on tmpfs: docs/PERFORMANCE.md).  Whoever opens
+the vault next for writing
 finds any record a dead process left and restores the file: exactly as it was
 at its last flush, or, if the flush had finished its writes, cut to its new
 size.  A live writer whose flush cannot complete (disk full) does the same at
@@ -37,13 +40,16 @@ from .diskio import pwrite_all
 
 UNDO_DIR = ".e2efs-undo"
 MAGIC = b"E2EU"
-VERSION = 1
+VERSION = 2
 FILE_ID_OFFSET = 8                       # where a content header keeps its file ID
-_HEAD = struct.Struct(">4sB3s16sQQH")    # magic, version, reserved, file ID, base size, done size, path length
+_HEAD = struct.Struct(">4sB3s16sQQQH")   # magic, version, reserved, file ID, base size, done size, end, path length
+_HEAD_V1 = struct.Struct(">4sB3s16sQQH")  # version 1 had no end: its records ended where the file did
 _DONE_AT = 4 + 1 + 3 + 16 + 8
+_END_AT = _DONE_AT + 8
 _RECORD = struct.Struct(">QI")           # ciphertext offset, length
 _NAME = re.compile(r"[0-9a-f]{16}")
 MAX_RECORD = 256 << 20                   # real ones stay near content.UNDO_LIMIT_BYTES
+KEEP_SPARE_BYTES = 1 << 20               # a record file given back keeps at most this much
 STALE_TEMP_SECONDS = 60                  # a record file still unnamed after this was left by a kill
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -68,7 +74,8 @@ class UndoLog:
         self.fd: int | None = None
         self.name: str | None = None
         self.base = 0                    # ciphertext size at the last consistent point
-        self.end = 0                     # end of the last complete record
+        self.end = 0                     # end of the last complete saved range
+        self.high = 0                    # the furthest this log has written into its record file
         self.saved: set[int] = set()     # blocks already copied this time round
         self.active = False
 
@@ -80,9 +87,11 @@ class UndoLog:
     def saved_bytes(self) -> int:
         return self.end
 
-    def save(self, offset: int, length: int, base: int) -> None:
+    def save(self, offset: int, length: int, base: int, old: bytes | None = None) -> None:
         """Copy what [offset, offset+length) of the file holds before it is overwritten;
-        ``base`` is the file's ciphertext size now, used if this starts a round."""
+        ``base`` is the file's ciphertext size now, used if this starts a round;
+        ``old``, if given, is what the block at ``offset`` holds now (saved from
+        memory instead of copied from the file, when it is all that needs saving)."""
         if not self.active and not self._begin(base):
             return
         first = (offset - HEADER_LEN) // self.stride
@@ -98,7 +107,7 @@ class UndoLog:
                 j += 1
             lo = HEADER_LEN + i * self.stride
             hi = min(HEADER_LEN + j * self.stride, self.base)
-            self._append(lo, hi - lo)
+            self._append(lo, hi - lo, old if lo == offset and old is not None and len(old) == hi - lo else None)
             self.saved.update(range(i, j))
             i = j
 
@@ -111,7 +120,7 @@ class UndoLog:
     def settled(self) -> None:
         """The file is consistent again: forget this round."""
         if self.active:
-            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, bytes(8), _END_AT)
             self.active = False
             self.saved.clear()
             self.end = 0
@@ -132,6 +141,8 @@ class UndoLog:
             os.close(self.fd)
         else:
             self.settled()
+            if self.high > KEEP_SPARE_BYTES:
+                os.ftruncate(self.fd, 0)
             self.records.give(self.fd, self.name)
         self.fd = self.name = None
 
@@ -145,23 +156,32 @@ class UndoLog:
                else os.path.relpath(target, self.vault_root)).encode()
         if self.fd is None:
             self.fd, self.name = self.records.take()
-        head = _HEAD.pack(MAGIC, VERSION, bytes(3), self.file_id, base, 0, len(rel)) + rel
+        end = _HEAD.size + len(rel)
+        head = _HEAD.pack(MAGIC, VERSION, bytes(3), self.file_id, base, 0, end, len(rel)) + rel
         self._write_or_cut(lambda: pwrite_all(self.fd, head, 0), 0)
-        self.base, self.end, self.active = base, len(head), True
+        self.base, self.end, self.active = base, end, True
+        self.high = max(self.high, end)
         return True
 
-    def _append(self, offset: int, length: int) -> None:
-        """Save the file's bytes [offset, offset+length).  A record is complete before
-        the overwrite it protects starts."""
+    def _append(self, offset: int, length: int, data: bytes | None = None) -> None:
+        """Save the file's bytes [offset, offset+length).  A range is complete, and
+        ``end`` says so, before the overwrite it protects starts."""
+        end = self.end + _RECORD.size + length
+
         def write():
-            pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
-            _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
+            if data is None:
+                pwrite_all(self.fd, _RECORD.pack(offset, length), self.end)
+                _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
+            else:
+                pwrite_all(self.fd, _RECORD.pack(offset, length) + data, self.end)
+            os.pwrite(self.fd, struct.pack(">Q", end), _END_AT)
         self._write_or_cut(write, self.end)
-        self.end += _RECORD.size + length
+        self.end = end
+        self.high = max(self.high, end)
 
     def _write_or_cut(self, write, end: int) -> None:
-        """A failed write (ENOSPC) must not leave bytes past the last complete range
-        that a later, shorter round could be read with."""
+        """A failed write (ENOSPC) frees what it allocated; ``end`` still marks the
+        last complete range."""
         try:
             write()
         except BaseException:
@@ -263,22 +283,25 @@ class RecordFiles:
 
 class Record:
     """The header of an undo record, and where its complete saved ranges are;
-    ValueError if it must be ignored."""
+    ValueError if it must be ignored.  Reads version 1 records too (left by
+    an earlier e2efs killed mid-write)."""
 
     def __init__(self, fd: int):
         size = os.fstat(fd).st_size
         if size > MAX_RECORD:
             raise ValueError("larger than any undo record e2efs writes")
-        raw = os.pread(fd, _HEAD.size, 0)
-        magic, version, reserved, self.file_id, self.base, self.done, path_len = _HEAD.unpack(raw)
-        if magic != MAGIC:
-            raise ValueError("not an e2efs undo record")
-        if version != VERSION:
-            raise ValueError(f"undo record version {version} is not supported")
+        version, fields, head = _parse_head(os.pread(fd, _HEAD.size, 0))
+        if version == 1:
+            magic, version, reserved, self.file_id, self.base, self.done, path_len = fields
+            end = size
+        else:
+            magic, version, reserved, self.file_id, self.base, self.done, end, path_len = fields
+            if not head + path_len <= end <= size:
+                raise ValueError("invalid end of the saved ranges")
         if reserved != bytes(3):
             raise ValueError("invalid reserved field")
         try:
-            self.target = os.pread(fd, path_len, _HEAD.size).decode("ascii")
+            self.target = os.pread(fd, path_len, head).decode("ascii")
         except UnicodeDecodeError:
             raise ValueError("file path is not ASCII") from None
         self.parts = self.target.split("/")
@@ -287,10 +310,10 @@ class Record:
         if self.base < HEADER_LEN or (self.done and self.done < HEADER_LEN):
             raise ValueError("invalid file size")
         self.ranges: list[tuple[int, int, int]] = []      # (file offset, record offset, length)
-        at = _HEAD.size + path_len
-        while at + _RECORD.size <= size:
+        at = head + path_len
+        while at + _RECORD.size <= end:
             offset, length = _RECORD.unpack(os.pread(fd, _RECORD.size, at))
-            if at + _RECORD.size + length > size:
+            if at + _RECORD.size + length > end:
                 break                   # torn at the end: its overwrite never started
             if offset < HEADER_LEN or offset + length > self.base:
                 raise ValueError("a saved range lies outside the file")
@@ -299,10 +322,26 @@ class Record:
 
     @staticmethod
     def started(fd: int) -> bool:
-        """False for an empty record, or one killed while its header was written:
-        nothing was changed yet."""
+        """False for an empty record (no bytes, or ``end`` 0), or a version 1
+        record killed while its header was written: nothing was changed yet."""
         raw = os.pread(fd, _HEAD.size, 0)
-        return len(raw) == _HEAD.size and os.fstat(fd).st_size >= _HEAD.size + _HEAD.unpack(raw)[-1]
+        if raw[:5] == MAGIC + bytes([VERSION]):
+            return len(raw) == _HEAD.size and _HEAD.unpack(raw)[6] != 0
+        return len(raw) >= _HEAD_V1.size and \
+            os.fstat(fd).st_size >= _HEAD_V1.size + _HEAD_V1.unpack_from(raw)[-1]
+
+
+def _parse_head(raw: bytes) -> tuple[int, tuple, int]:
+    """(version, the header's fields, its length) of a record's first bytes."""
+    if raw[:4] != MAGIC:
+        raise ValueError("not an e2efs undo record")
+    version = raw[4]
+    layout = {1: _HEAD_V1, VERSION: _HEAD}.get(version)
+    if layout is None:
+        raise ValueError(f"undo record version {version} is not supported")
+    if len(raw) < layout.size:
+        raise ValueError("header cut short")
+    return version, layout.unpack_from(raw), layout.size
 
 
 def _left_behind(vault_root: str, writable: bool):

@@ -128,6 +128,7 @@ def undo_vector(keys: Keys) -> str:
     """The record the real UndoLog writes before block 0 of content-small is overwritten."""
     import os
     import tempfile
+    from e2efs import undo
     from e2efs.undo import RecordFiles, UndoLog
     names = NameCipher(keys.names)         # the file of name-unicode-in-subdir, in name-dir
     target_rel = (names.backing_name(ROOT_DIR_ID, b"Media", Kind.DIR, DIR_ID)[0] + "/"
@@ -149,10 +150,13 @@ def undo_vector(keys: Keys) -> str:
         log.close()
         log.records.close()
         os.close(fd)
-    return block("undo-record", [
-        ("target", target_rel), ("file_id", FILE_ID.hex()), ("target_ciphertext", data.hex()),
-        ("record", record.hex()),
-    ])
+    fields = [("target", target_rel), ("file_id", FILE_ID.hex()), ("target_ciphertext", data.hex())]
+    # version 1, which earlier builds wrote and recovery still applies: no end field, ranges to the file end
+    head_v2 = undo._HEAD.size + len(target_rel)
+    v1 = undo._HEAD_V1.pack(undo.MAGIC, 1, bytes(3), FILE_ID, len(data), 0, len(target_rel)) \
+        + target_rel.encode() + record[head_v2:]
+    return block("undo-record", fields + [("record", record.hex())]) + "\n" + \
+        block("undo-record-v1", fields + [("record", v1.hex())])
 
 
 

@@ -115,7 +115,7 @@ def content_plaintext(v: dict) -> bytes:
 # -- the checks -----------------------------------------------------------------
 
 def test_every_kind_of_vector_is_present():
-    assert {"keys", "vault", "content-empty", "content-small", "content-two-blocks", "undo-record",
+    assert {"keys", "vault", "content-empty", "content-small", "content-two-blocks", "undo-record", "undo-record-v1",
             "name-long", "name-dir"} <= set(V)
 
 
@@ -240,18 +240,31 @@ def test_vault():
 
 def spec_apply_undo(record: bytes, file: bytearray, file_id: bytes) -> bool:
     """Apply an undo record to ``file`` as FORMAT.md says; False if it must be ignored."""
-    if len(record) < 42:
-        return False
-    magic, version, reserved, fid, base, done, plen = struct.unpack(">4sB3s16sQQH", record[:42])
-    if len(record) < 42 + plen or magic != b"E2EU" or version != 1 or reserved != bytes(3) \
+    if record[:5] == b"E2EU\x02":
+        if len(record) < 50:
+            return False
+        magic, version, reserved, fid, base, done, end, plen = struct.unpack(">4sB3s16sQQQH", record[:50])
+        head = 50
+        if end == 0:
+            return False                        # empty: nothing to apply
+        if not head + plen <= end <= len(record):
+            return False
+    else:
+        if len(record) < 42:
+            return False
+        magic, version, reserved, fid, base, done, plen = struct.unpack(">4sB3s16sQQH", record[:42])
+        head, end = 42, len(record)
+        if version != 1:
+            return False
+    if len(record) < head + plen or magic != b"E2EU" or reserved != bytes(3) \
             or base < 24 or (done and done < 24):
         return False
     if fid != file_id or bytes(file[8:24]) != fid:
         return False
-    ranges, at = [], 42 + plen
-    while at + 12 <= len(record):
+    ranges, at = [], head + plen
+    while at + 12 <= end:
         offset, length = struct.unpack(">QI", record[at:at + 12])
-        data = record[at + 12:at + 12 + length]
+        data = record[at + 12:min(at + 12 + length, end)]
         if len(data) < length:
             break
         if offset < 24 or offset + length > base:
@@ -267,18 +280,20 @@ def spec_apply_undo(record: bytes, file: bytearray, file_id: bytes) -> bool:
     return True
 
 
-def test_undo_record(tmp_path):
-    v = V["undo-record"]
-    original, record = h("undo-record", "target_ciphertext"), h("undo-record", "record")
+@pytest.mark.parametrize("name", ["undo-record", "undo-record-v1"])
+def test_undo_record(tmp_path, name):
+    v = V[name]
+    original, record = h(name, "target_ciphertext"), h(name, "record")
     assert original == h("content-small", "ciphertext")
     damaged = bytearray(original)
     damaged[30:40] = b"\xff" * 10                # the interrupted rewrite of block 0...
     damaged += b"\x00" * 5000                    # ...and of the blocks it appended
     spec = bytearray(damaged)
-    assert spec_apply_undo(record, spec, h("undo-record", "file_id")) and spec == original
-    record += struct.pack(">QI", 24, 41) + b"torn"     # a range cut off by the crash: skipped
+    assert spec_apply_undo(record, spec, h(name, "file_id")) and spec == original
+    # a range cut off by the crash (version 1), or left by an earlier round past ``end``: skipped
+    record += struct.pack(">QI", 24, 41) + b"torn"
     spec = bytearray(damaged)
-    assert spec_apply_undo(record, spec, h("undo-record", "file_id")) and spec == original
+    assert spec_apply_undo(record, spec, h(name, "file_id")) and spec == original
     # e2efs applies the documented record the same way
     from e2efs import undo
     target = tmp_path / v["target"]

@@ -285,7 +285,8 @@ def test_undo_record_random_bytes(tmp_path_factory, raw, valid_head):
     path, before = _undo_target(root)
     if valid_head:      # a well-formed header naming the real file: then random records
         rel = b"target"
-        raw = undo._HEAD.pack(undo.MAGIC, undo.VERSION, bytes(3), before[8:24], len(before), 0, len(rel)) + rel + raw
+        end = undo._HEAD.size + len(rel) + len(raw)
+        raw = undo._HEAD.pack(undo.MAGIC, undo.VERSION, bytes(3), before[8:24], len(before), 0, end, len(rel)) + rel + raw
     os.makedirs(os.path.join(root, undo.UNDO_DIR))
     with open(os.path.join(root, undo.UNDO_DIR, "00112233445566ff"), "wb") as f:
         f.write(raw)

@@ -36,9 +36,9 @@ def _old_file(path, size: int) -> bytes:
     return data
 
 
-def _with_undo(root, path) -> ContentFile:
+def _with_undo(root, path, records: RecordFiles | None = None) -> ContentFile:
     f = open_content(path, KEYS)
-    f.undo = UndoLog(RecordFiles(str(root)), f.fd, f.header.file_id, f.layout, lambda: str(path))
+    f.undo = UndoLog(records or RecordFiles(str(root)), f.fd, f.header.file_id, f.layout, lambda: str(path))
     return f
 
 
@@ -169,14 +169,57 @@ def test_flush_empties_the_record_and_close_keeps_it_for_reuse(tmp_path):
     record = f.undo.path
     assert os.path.dirname(record) == str(tmp_path / UNDO_DIR)
     assert os.path.getsize(record) > BS                 # the old block is saved before the overwrite
+    kept = os.path.getsize(record)
     f.flush()
-    assert os.path.getsize(record) == 0
+    with open(record, "rb") as r:                       # emptied, its pages kept for the next round
+        assert not undo.Record.started(r.fileno()) and os.path.getsize(record) == kept
     assert undo.recover(str(tmp_path)) == []            # locked: a live writer's record is never applied
     f.undo.close()                                      # kept, empty and locked, for the next file
     assert undo.recover(str(tmp_path)) == [] and os.listdir(tmp_path / UNDO_DIR) == [os.path.basename(record)]
     f.undo.records.close()
     os.close(f.fd)
     assert os.listdir(tmp_path / UNDO_DIR) == []
+
+
+def test_a_record_given_back_keeps_at_most_a_little(tmp_path, monkeypatch):
+    monkeypatch.setattr(undo, "KEEP_SPARE_BYTES", 2 * BS)
+    path = tmp_path / "f"
+    _old_file(path, 8 * BS)
+    f = _with_undo(tmp_path, path)
+    f.write(0, b"x" * BS)
+    record = f.undo.path
+    f.flush()
+    f.undo.close()
+    assert 0 < os.path.getsize(record) <= 2 * BS        # a small one stays whole
+    f = _with_undo(tmp_path, path, f.undo.records)      # the spare record is taken again
+    assert f.undo.path is None
+    f.write(0, b"y" * 4 * BS)
+    assert f.undo.path == record and os.path.getsize(record) > 4 * BS
+    f.flush()
+    f.undo.close()
+    assert os.path.getsize(record) == 0                 # a large one is cut when given back
+    f.undo.records.close()
+    os.close(f.fd)
+
+
+def test_ranges_left_from_an_earlier_round_are_never_applied(tmp_path):
+    """The record keeps its pages across rounds: what lies past ``end`` is an earlier
+    round's, and applying it would take back blocks that round's flush made final."""
+    path = tmp_path / "f"
+    _old_file(path, 4 * BS)
+    f = _with_undo(tmp_path, path)
+    f.write(0, b"1" * (3 * BS))         # round one saves blocks 0-2
+    f.flush()
+    after_first = _read(path)
+    f.write(0, b"2" * 10)               # round two saves block 0 only, then the writer dies
+    f._seal_nonfinal(0)
+    record = f.undo.path
+    os.close(f.undo.fd)
+    os.close(f.fd)
+    with open(record, "rb") as r:
+        assert len(undo.Record(r.fileno()).ranges) == 1
+    assert len(undo.recover(str(tmp_path))) == 1
+    assert _read(path) == after_first
 
 
 def _stale_record(tmp_path, path, edit=None) -> str:
@@ -212,11 +255,12 @@ def test_tampered_record_is_refused_and_touches_nothing(tmp_path):
     outside.write_bytes(b"E2EF0000" + b"x" * 100)
 
     def escape(r):          # point the record at a file outside the vault
-        r.seek(struct.calcsize(">4sB3x16sQQ"))
+        raw = r.read()
+        end, old_len = struct.unpack_from(">QH", raw, undo._END_AT)
         rel = os.path.relpath(outside, tmp_path).encode()
-        rest = r.read()[2:]
-        r.seek(struct.calcsize(">4sB3x16sQQ"))
-        r.write(struct.pack(">H", len(rel)) + rel + rest)
+        rest = raw[undo._HEAD.size + old_len:]
+        r.seek(undo._END_AT)
+        r.write(struct.pack(">QH", end - old_len + len(rel), len(rel)) + rel + rest)
         r.truncate()
     _stale_record(tmp_path, path, escape)
     before = open(path, "rb").read()
@@ -293,7 +337,8 @@ def subprocess_cat(vault, pw) -> bytes:
 def _record_naming(tmp_path, rel: str, file_id: bytes, base: int, name="00112233445566ff") -> str:
     folder = tmp_path / UNDO_DIR
     folder.mkdir(exist_ok=True)
-    head = undo._HEAD.pack(undo.MAGIC, undo.VERSION, bytes(3), file_id, base, 0, len(rel)) + rel.encode()
+    end = undo._HEAD.size + len(rel) + 12 + 10
+    head = undo._HEAD.pack(undo.MAGIC, undo.VERSION, bytes(3), file_id, base, 0, end, len(rel)) + rel.encode()
     path = folder / name
     path.write_bytes(head + struct.pack(">QI", 24, 10) + b"X" * 10)
     return str(path)
@@ -453,30 +498,29 @@ def test_a_shrink_the_disk_has_no_room_for_is_not_applied_later(tmp_path, fails_
 
 
 @pytest.mark.parametrize("fails_at", ["cut", "record reset"])
-def test_a_shrink_that_fails_after_its_blocks_ends_old_or_new(tmp_path, fails_at):
+def test_a_shrink_that_fails_after_its_blocks_ends_old_or_new(tmp_path, fails_at, monkeypatch):
     """Every block of the shrink is written: a failed cut (EIO) puts the file back
     at its old size, while a failure once the record says "done" (its reset) is
     finished by the record, so the truncate succeeds after all."""
     path = tmp_path / "f"
     old = _old_file(path, 6 * BS + 5)
     f = _with_undo(tmp_path, path)
-    real_ftruncate = os.ftruncate
+    name = "ftruncate" if fails_at == "cut" else "pwrite"
+    real = getattr(os, name)
     failed = []
 
-    def fails_once(fd, size):
-        if not failed and fd == (f.fd if fails_at == "cut" else f.undo.fd):
-            failed.append(size)
+    def fails_once(fd, *args):
+        if not failed and (fd == f.fd if fails_at == "cut" else (fd, *args) == (f.undo.fd, bytes(8), undo._END_AT)):
+            failed.append(args)
             raise OSError(5, "Input/output error")
-        return real_ftruncate(fd, size)
-    os.ftruncate = fails_once
-    try:
-        if fails_at == "cut":
-            with pytest.raises(OSError):
-                f.truncate(2 * BS + 999)
-        else:
+        return real(fd, *args)
+    monkeypatch.setattr(os, name, fails_once)
+    if fails_at == "cut":
+        with pytest.raises(OSError):
             f.truncate(2 * BS + 999)
-    finally:
-        os.ftruncate = real_ftruncate
+    else:
+        f.truncate(2 * BS + 999)
+    monkeypatch.undo()
     want = old if fails_at == "cut" else old[:2 * BS + 999]
     assert failed and f.size == len(want) and f.read(0, f.size) == want and not f.unflushed
     f.undo.close()
@@ -550,3 +594,24 @@ def test_a_block_torn_while_resealed_stays_pending(tmp_path):
     for i in range(20):
         want[i * BS + 1] = ord("y")
     assert _read(path) == bytes(want)
+
+
+def test_a_block_just_read_is_saved_from_memory_as_it_was_on_disk(tmp_path, monkeypatch):
+    """A rewrite of part of a block reads and decrypts it first: its ciphertext
+    goes to the record from that read, with no second copy from the file."""
+    path = tmp_path / "f"
+    old = _old_file(path, 3 * BS)
+    on_disk = open(path, "rb").read()
+    f = _with_undo(tmp_path, path)
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: pytest.fail("copied from the file"))
+    f.write(BS + 10, b"z" * 20)
+    f._seal_nonfinal(1)
+    with open(f.undo.path, "rb") as r:
+        rec = undo.Record(r.fileno())
+        (offset, at, length), = rec.ranges
+        saved = os.pread(r.fileno(), length, at)
+    assert offset == 24 + (BS + 28) and saved == on_disk[offset:offset + length]
+    monkeypatch.undo()
+    os.close(f.undo.fd)             # the writer dies: the record puts block 1 back
+    os.close(f.fd)
+    assert len(undo.recover(str(tmp_path))) == 1 and _read(path) == old
