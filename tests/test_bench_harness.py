@@ -1,9 +1,13 @@
-"""The bench harness's arithmetic and arguments (no mount, nothing timed)."""
+"""The bench harness's arithmetic and arguments (no mount, nothing timed), and the
+floor file system the random row is compared with (one real mount)."""
 
 import importlib.util
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,3 +115,35 @@ def test_the_machine_line_names_libfuse_and_how_idle_cpus_wait():
         assert f"idle CPUs: {m['idle']};" in line
     else:
         assert m["idle"] is None and "idle CPUs" not in line
+
+
+def test_the_floor_file_system_serves_its_one_file(tmp_path):
+    from conftest import _fuse_missing
+    from e2efs.fs.mountpoint import is_mounted
+    reason = _fuse_missing()
+    if reason:
+        print(f"skipping mount test: {reason}")
+        pytest.skip(reason)
+    mnt = tmp_path / "floor"
+    mnt.mkdir()
+    floor = os.path.join(os.path.dirname(_PATH), "floor.py")
+    proc = subprocess.Popen([sys.executable, floor, str(mnt), "--size", "8"], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while is_mounted(str(mnt)) != "live":
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "floor did not mount"
+            time.sleep(0.02)
+        assert os.listdir(mnt) == ["rand.bin"] and os.path.getsize(mnt / "rand.bin") == 8 << 20
+        with open(mnt / "rand.bin", "r+b") as f:
+            first = os.pread(f.fileno(), 4096, 0)
+            assert len(first) == 4096 and os.pread(f.fileno(), 4096, 1 << 20) == first
+            assert os.pwrite(f.fileno(), b"x" * 4096, 8192) == 4096
+            os.fsync(f.fileno())
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL)
+            proc.kill()
+            proc.wait()
