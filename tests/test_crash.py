@@ -352,3 +352,29 @@ def test_unlinking_the_name_an_undo_record_uses_keeps_the_other_link_safe(vault_
         assert f.read() == old[:2 * 4096] + b"p" * 4096 + old[3 * 4096:]     # as at the unlink's flush
     _verify_vault(m)
     m.unmount()
+
+
+def test_a_kill_rolls_back_only_its_own_round_of_a_reused_record(vault_mount):
+    """A record keeps the bytes of its earlier rounds past its ``end`` (undo.py): a
+    kill in the second round must put back that round's block only, not the blocks
+    the first round saved and its fsync made final."""
+    m = vault_mount
+    m.mount()
+    old = os.urandom(10 * 4096 + 100)
+    with open(m.p("chat.db"), "wb") as f:
+        f.write(old)
+    first = bytearray(old)
+    for i in (0, 2, 4, 6):
+        first[i * 4096:(i + 1) * 4096] = bytes([i]) * 4096
+    def change(fd):
+        for i in (0, 2, 4, 6):                   # round one: four blocks, four ranges, then settled
+            os.pwrite(fd, first[i * 4096:(i + 1) * 4096], i * 4096)
+        os.fsync(fd)
+        os.pwrite(fd, b"2" * 100, 4096 + 7)      # round two: one block, killed before its flush
+    _kill_during(m, m.p("chat.db"), change)
+    m.mount()
+    with open(m.p("chat.db"), "rb") as f:
+        assert f.read() == bytes(first)
+    assert "rolled back an interrupted write" in m.log_text()
+    _verify_vault(m)
+    m.unmount()
