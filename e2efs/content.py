@@ -34,6 +34,7 @@ FILE_ID_LEN = 16
 CLEAN_CACHE_BLOCKS = 16
 DIRTY_LIMIT_BYTES = 4 << 20
 UNDO_LIMIT_BYTES = 16 << 20     # an in-place rewrite flushes each time it has saved this much
+RAW_LIMIT_BYTES = 1 << 20       # ciphertext of blocks read for a rewrite, kept for its undo record
 
 
 class Header:
@@ -210,7 +211,7 @@ class ContentFile:
         self._remember(index, plain)
         if self.undo is not None:       # a rewrite saves it from memory, not by copying it from disk again
             self._raw[index] = raw
-            if len(self._raw) > CLEAN_CACHE_BLOCKS:
+            if len(self._raw) > max(1, RAW_LIMIT_BYTES // self.layout.stride):
                 del self._raw[next(iter(self._raw))]
         return plain
 

@@ -7,10 +7,12 @@ one, would leave blocks that fail authentication, and with them the unchanged
 pages that share the block.  So before the first byte of a consistent file is
 overwritten, the bytes it held are copied to an undo record in the vault's
 ``.e2efs-undo`` folder; the record is emptied once the file is consistent again
-(the end of ``ContentFile.flush``) by zeroing its ``end`` field, not by
-truncating it: the record file keeps its pages for the next round (new pages
-cost more than the copy itself on tmpfs: docs/PERFORMANCE.md).  Whoever opens
-the vault next for writing
+(the end of ``ContentFile.flush``) by zeroing its ``end`` field: the record file
+keeps its pages for the next round, since new pages cost more than the copy
+itself on tmpfs (docs/PERFORMANCE.md), and is cut to 0 bytes once the mount is
+quiet (``RecordFiles.trim``): ``.e2efs-undo`` is uploaded by the sync client
+with the rest of the vault, and a settled record's old blocks must not be.
+Whoever opens the vault next for writing
 finds any record a dead process left and restores the file: exactly as it was
 at its last flush, or, if the flush had finished its writes, cut to its new
 size.  A live writer whose flush cannot complete (disk full) does the same at
@@ -28,6 +30,7 @@ cut during an in-place write can still leave a block that fails authentication).
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import stat
@@ -37,6 +40,8 @@ from typing import Callable
 
 from .blocks import HEADER_LEN, Layout
 from .diskio import pwrite_all
+
+log = logging.getLogger("e2efs")
 
 UNDO_DIR = ".e2efs-undo"
 MAGIC = b"E2EU"
@@ -49,7 +54,6 @@ _END_AT = _DONE_AT + 8
 _RECORD = struct.Struct(">QI")           # ciphertext offset, length
 _NAME = re.compile(r"[0-9a-f]{16}")
 MAX_RECORD = 256 << 20                   # real ones stay near content.UNDO_LIMIT_BYTES
-KEEP_SPARE_BYTES = 1 << 20               # a record file given back keeps at most this much
 STALE_TEMP_SECONDS = 60                  # a record file still unnamed after this was left by a kill
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -75,7 +79,6 @@ class UndoLog:
         self.name: str | None = None
         self.base = 0                    # ciphertext size at the last consistent point
         self.end = 0                     # end of the last complete saved range
-        self.high = 0                    # the furthest this log has written into its record file
         self.saved: set[int] = set()     # blocks already copied this time round
         self.active = False
 
@@ -121,6 +124,7 @@ class UndoLog:
         """The file is consistent again: forget this round."""
         if self.active:
             os.pwrite(self.fd, bytes(8), _END_AT)
+            self.records.hold(self.fd)
             self.active = False
             self.saved.clear()
             self.end = 0
@@ -138,11 +142,10 @@ class UndoLog:
         if self.fd is None:
             return
         if keep and self.active:
+            self.records.drop(self.fd)
             os.close(self.fd)
         else:
             self.settled()
-            if self.high > KEEP_SPARE_BYTES:
-                os.ftruncate(self.fd, 0)
             self.records.give(self.fd, self.name)
         self.fd = self.name = None
 
@@ -156,11 +159,15 @@ class UndoLog:
                else os.path.relpath(target, self.vault_root)).encode()
         if self.fd is None:
             self.fd, self.name = self.records.take()
+        self.records.use(self.fd)
         end = _HEAD.size + len(rel)
-        head = _HEAD.pack(MAGIC, VERSION, bytes(3), self.file_id, base, 0, end, len(rel)) + rel
-        self._write_or_cut(lambda: pwrite_all(self.fd, head, 0), 0)
+        head = _HEAD.pack(MAGIC, VERSION, bytes(3), self.file_id, base, 0, 0, len(rel)) + rel
+
+        def write():        # ``end`` only once the header is whole: over an old one, a torn
+            pwrite_all(self.fd, head, 0)        # header must not read as this round's
+            os.pwrite(self.fd, struct.pack(">Q", end), _END_AT)
+        self._write_or_cut(write, 0)
         self.base, self.end, self.active = base, end, True
-        self.high = max(self.high, end)
         return True
 
     def _append(self, offset: int, length: int, data: bytes | None = None) -> None:
@@ -177,7 +184,6 @@ class UndoLog:
             os.pwrite(self.fd, struct.pack(">Q", end), _END_AT)
         self._write_or_cut(write, self.end)
         self.end = end
-        self.high = max(self.high, end)
 
     def _write_or_cut(self, write, end: int) -> None:
         """A failed write (ENOSPC) frees what it allocated; ``end`` still marks the
@@ -239,6 +245,8 @@ class RecordFiles:
         self.vault_root = vault_root
         self._folder: int | None = None
         self._spare: list[tuple[int, str]] = []
+        self._held: set[int] = set()        # settled records that still hold an earlier round's pages
+        self._inode: dict[int, int] = {}    # record fd -> its inode: trim cuts nothing else
 
     def take(self) -> tuple[int, str]:
         """(fd, name) of an empty record file this process holds the lock of."""
@@ -256,7 +264,26 @@ class RecordFiles:
             os.close(fd)
             os.unlink("." + name, dir_fd=self._folder)
             raise
+        self._inode[fd] = os.fstat(fd).st_ino
         return fd, name
+
+    def hold(self, fd: int) -> None:
+        """Record ``fd`` is settled but keeps its pages until ``trim``."""
+        self._held.add(fd)
+
+    def use(self, fd: int) -> None:
+        """Record ``fd`` starts a round: ``trim`` must not cut it now."""
+        self._held.discard(fd)
+
+    def trim(self) -> None:
+        """Cut every settled record to 0 bytes (the mount calls this when quiet)."""
+        while self._held:
+            fd = self._held.pop()
+            try:
+                if fd in self._inode and os.fstat(fd).st_ino == self._inode[fd]:
+                    os.ftruncate(fd, 0)
+            except OSError as exc:      # an empty record with old pages is harmless: left as it is
+                log.warning("undo record %s not emptied: %s", fd, exc.strerror or exc)
 
     def give(self, fd: int, name: str) -> None:
         """Take back an empty record file."""
@@ -272,7 +299,13 @@ class RecordFiles:
             os.close(self._folder)
             self._folder = None
 
+    def drop(self, fd: int) -> None:
+        """Record ``fd`` is about to be closed, whatever it holds."""
+        self._held.discard(fd)
+        self._inode.pop(fd, None)
+
     def _remove(self, fd: int, name: str) -> None:
+        self.drop(fd)
         try:
             os.unlink(name, dir_fd=self._folder)
         finally:
@@ -333,7 +366,7 @@ class Record:
 
 def _parse_head(raw: bytes) -> tuple[int, tuple, int]:
     """(version, the header's fields, its length) of a record's first bytes."""
-    if raw[:4] != MAGIC:
+    if len(raw) < 5 or raw[:4] != MAGIC:
         raise ValueError("not an e2efs undo record")
     version = raw[4]
     layout = {1: _HEAD_V1, VERSION: _HEAD}.get(version)

@@ -378,3 +378,25 @@ def test_a_kill_rolls_back_only_its_own_round_of_a_reused_record(vault_mount):
     assert "rolled back an interrupted write" in m.log_text()
     _verify_vault(m)
     m.unmount()
+
+
+def test_undo_records_hold_no_old_blocks_once_the_mount_is_quiet(vault_mount):
+    """Between rounds a record keeps its pages (undo.py), but .e2efs-undo is uploaded
+    with the vault: once requests pause, every settled record is 0 bytes again, even
+    while its file stays open for writing."""
+    from e2efs import undo
+    m = vault_mount
+    m.mount()
+    with open(m.p("chat.db"), "wb") as f:
+        f.write(os.urandom(10 * 4096))
+    folder = os.path.join(m.vault, undo.UNDO_DIR)
+    with open(m.p("chat.db"), "r+b") as f:
+        for i in range(3):
+            os.pwrite(f.fileno(), b"m" * 4096, 2 * i * 4096)
+        os.fsync(f.fileno())                    # a round: three old blocks saved, then settled
+        deadline = time.monotonic() + 5
+        while any(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)):
+            assert time.monotonic() < deadline, "a settled record kept its old blocks"
+            time.sleep(0.05)
+        assert os.listdir(folder), "the round made no record"
+    m.unmount()

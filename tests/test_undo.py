@@ -181,25 +181,67 @@ def test_flush_empties_the_record_and_close_keeps_it_for_reuse(tmp_path):
     assert os.listdir(tmp_path / UNDO_DIR) == []
 
 
-def test_a_record_given_back_keeps_at_most_a_little(tmp_path, monkeypatch):
-    monkeypatch.setattr(undo, "KEEP_SPARE_BYTES", 2 * BS)
+def test_a_settled_record_keeps_its_pages_until_the_mount_is_quiet(tmp_path):
+    records = RecordFiles(str(tmp_path))
+    a, b = tmp_path / "a", tmp_path / "b"
+    _old_file(a, 4 * BS)
+    _old_file(b, 4 * BS)
+    fa, fb = _with_undo(tmp_path, a, records), _with_undo(tmp_path, b, records)
+    fa.write(0, b"x" * 3 * BS)
+    fa.flush()                                          # settled, its pages kept
+    fb.write(0, b"y" * BS)                              # a round still open
+    kept, open_round = os.path.getsize(fa.undo.path), os.path.getsize(fb.undo.path)
+    assert kept > 3 * BS
+    records.trim()                                      # what the mount does when quiet
+    assert os.path.getsize(fa.undo.path) == 0           # nothing of its old blocks for the sync client
+    assert os.path.getsize(fb.undo.path) == open_round
+    with open(fb.undo.path, "rb") as r:
+        assert undo.Record.started(r.fileno())
+    fa.write(BS, b"z" * 10)                             # the next round starts from an empty file
+    fa.flush()
+    for f in (fa, fb):
+        f.flush()
+        f.undo.close()
+        os.close(f.fd)
+    records.close()
+    assert _read(a)[BS:BS + 10] == b"z" * 10 and _read(b)[:BS] == b"y" * BS
+
+
+def test_a_header_torn_over_an_earlier_rounds_is_not_read_as_this_rounds(tmp_path):
+    """A round writes its header over the last round's bytes.  Killed half-way, the
+    record must read as empty, not as the new header's ``end`` with the old path
+    length, which would make a range of an earlier round out of the old bytes."""
     path = tmp_path / "f"
-    _old_file(path, 8 * BS)
-    f = _with_undo(tmp_path, path)
-    f.write(0, b"x" * BS)
-    record = f.undo.path
-    f.flush()
-    f.undo.close()
-    assert 0 < os.path.getsize(record) <= 2 * BS        # a small one stays whole
-    f = _with_undo(tmp_path, path, f.undo.records)      # the spare record is taken again
-    assert f.undo.path is None
-    f.write(0, b"y" * 4 * BS)
-    assert f.undo.path == record and os.path.getsize(record) > 4 * BS
-    f.flush()
-    f.undo.close()
-    assert os.path.getsize(record) == 0                 # a large one is cut when given back
-    f.undo.records.close()
+    _old_file(path, BS + 1)
+    where = {"p": str(path)}
+    f = open_content(path, KEYS)
+    f.undo = UndoLog(RecordFiles(str(tmp_path)), f.fd, f.header.file_id, f.layout, lambda: where["p"])
+    f.write(0, b"Z")
+    f.flush()                           # round 0: the record holds block 0's old bytes
+    f.write(BS, b"X")
+    f.flush()                           # round 1: only the short final block; settled
+    flushed = f.read(0, f.size)
+    longer = tmp_path / ("g" * 46)      # the next round's record names a longer path
+    os.link(path, longer)
+    where["p"] = str(longer)
+    pid = os.fork()
+    if pid == 0:
+        real = os.pwrite
+
+        def pwrite(fd, data, offset):
+            if fd == f.undo.fd and offset == 0:
+                real(fd, bytes(data)[:len(data) // 2], 0)
+                os._exit(0)
+            return real(fd, data, offset)
+        os.pwrite = pwrite
+        f.write(0, b"Y")
+        f.flush()
+        os._exit(FINISHED)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     os.close(f.fd)
+    os.close(f.undo.fd)
+    undo.recover(str(tmp_path))
+    assert _read(path) == flushed
 
 
 def test_ranges_left_from_an_earlier_round_are_never_applied(tmp_path):

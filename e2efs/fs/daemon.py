@@ -102,7 +102,7 @@ async def _serve(ops: Operations, idle_seconds: float, mountpoint: str) -> None:
         nursery.start_soon(_on_signals, ops)
         if idle_seconds:
             nursery.start_soon(_lock_when_idle, ops, idle_seconds)
-        await requestloop.serve(on_quiet=ops.tree.confirm_quiet, after_init=lambda: raise_read_ahead(mountpoint))
+        await requestloop.serve(on_quiet=ops.on_quiet, after_init=lambda: raise_read_ahead(mountpoint))
         nursery.cancel_scope.cancel()
 
 
