@@ -109,12 +109,17 @@ def _stale(path: str) -> bool:
 
 
 @pytest.fixture
-def vault_mount(tmp_path):
-    """A vault, not yet mounted; always cleaned up."""
+def fuse():
+    """Skip, saying why, where FUSE cannot be used (no /dev/fuse, no fusermount3)."""
     reason = _fuse_missing()
     if reason:
         print(f"skipping mount test: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def vault_mount(tmp_path, fuse):
+    """A vault, not yet mounted; always cleaned up."""
     runtime = tmp_path / "run"
     runtime.mkdir()
     m = Mount(tmp_path, str(runtime))

@@ -117,13 +117,8 @@ def test_the_machine_line_names_libfuse_and_how_idle_cpus_wait():
         assert m["idle"] is None and "idle CPUs" not in line
 
 
-def test_the_floor_file_system_serves_its_one_file(tmp_path):
-    from conftest import _fuse_missing
+def test_the_floor_file_system_serves_its_one_file(tmp_path, fuse):
     from e2efs.fs.mountpoint import is_mounted
-    reason = _fuse_missing()
-    if reason:
-        print(f"skipping mount test: {reason}")
-        pytest.skip(reason)
     mnt = tmp_path / "floor"
     mnt.mkdir()
     floor = os.path.join(os.path.dirname(_PATH), "floor.py")
