@@ -40,6 +40,11 @@ class Layout:
             return range(0)
         return range(offset // self.block_size, (offset + length - 1) // self.block_size + 1)
 
+    def stored_blocks(self, offset: int, length: int) -> range:
+        """Indices of the blocks that ciphertext bytes [offset, offset+length) fall
+        in (``offset`` past the header)."""
+        return range((offset - HEADER_LEN) // self.stride, -(-(offset + length - HEADER_LEN) // self.stride))
+
     def ciphertext_size(self, plain_size: int) -> int:
         return HEADER_LEN + plain_size + self.block_count(plain_size) * BLOCK_OVERHEAD
 

@@ -261,8 +261,7 @@ class ContentFile:
         pwrite_all(self.fd, view, offset)
 
     def _forget_raw(self, offset: int, length: int) -> None:
-        stride = self.layout.stride
-        for i in range((offset - HEADER_LEN) // stride, -(-(offset + length - HEADER_LEN) // stride)):
+        for i in self.layout.stored_blocks(offset, length):
             self._raw.pop(i, None)
 
     # -- plaintext operations -----------------------------------------------

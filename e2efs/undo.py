@@ -51,6 +51,7 @@ _HEAD = struct.Struct(">4sB3s16sQQQH")   # magic, version, reserved, file ID, ba
 _HEAD_V1 = struct.Struct(">4sB3s16sQQH")  # version 1 had no end: its records ended where the file did
 _DONE_AT = 4 + 1 + 3 + 16 + 8
 _END_AT = _DONE_AT + 8
+_U64 = struct.Struct(">Q")               # the done and end fields
 _RECORD = struct.Struct(">QI")           # ciphertext offset, length
 _NAME = re.compile(r"[0-9a-f]{16}")
 MAX_RECORD = 256 << 20                   # real ones stay near content.UNDO_LIMIT_BYTES
@@ -73,7 +74,7 @@ class UndoLog:
         self.vault_root = records.vault_root
         self.target_fd = fd
         self.file_id = file_id
-        self.stride = layout.stride
+        self.layout = layout
         self.where = where
         self.fd: int | None = None
         self.name: str | None = None
@@ -97,10 +98,9 @@ class UndoLog:
         memory instead of copied from the file, when it is all that needs saving)."""
         if not self.active and not self._begin(base):
             return
-        first = (offset - HEADER_LEN) // self.stride
-        stop = min(-(-(offset + length - HEADER_LEN) // self.stride),
-                   -(-(self.base - HEADER_LEN) // self.stride))
-        i = first
+        touched = self.layout.stored_blocks(offset, length)
+        stop = min(touched.stop, self.layout.stored_blocks(HEADER_LEN, self.base - HEADER_LEN).stop)
+        i = touched.start
         while i < stop:
             if i in self.saved:
                 i += 1
@@ -108,8 +108,8 @@ class UndoLog:
             j = i
             while j < stop and j not in self.saved:
                 j += 1
-            lo = HEADER_LEN + i * self.stride
-            hi = min(HEADER_LEN + j * self.stride, self.base)
+            lo = self.layout.block_offset(i)
+            hi = min(self.layout.block_offset(j), self.base)
             self._append(lo, hi - lo, old if lo == offset and old is not None and len(old) == hi - lo else None)
             self.saved.update(range(i, j))
             i = j
@@ -118,12 +118,12 @@ class UndoLog:
         """Every block of the change is written; only the cut to ``size`` is left
         (``size`` 0: not done after all, the cut failed)."""
         if self.active:
-            os.pwrite(self.fd, struct.pack(">Q", size), _DONE_AT)
+            os.pwrite(self.fd, _U64.pack(size), _DONE_AT)
 
     def settled(self) -> None:
         """The file is consistent again: forget this round."""
         if self.active:
-            os.pwrite(self.fd, bytes(8), _END_AT)
+            self._set_end(0)
             self.records.hold(self.fd)
             self.active = False
             self.saved.clear()
@@ -165,7 +165,7 @@ class UndoLog:
 
         def write():        # ``end`` only once the header is whole: over an old one, a torn
             pwrite_all(self.fd, head, 0)        # header must not read as this round's
-            os.pwrite(self.fd, struct.pack(">Q", end), _END_AT)
+            self._set_end(end)
         self._write_or_cut(write, 0)
         self.base, self.end, self.active = base, end, True
         return True
@@ -181,9 +181,12 @@ class UndoLog:
                 _copy(self.target_fd, offset, self.fd, self.end + _RECORD.size, length)
             else:
                 pwrite_all(self.fd, _RECORD.pack(offset, length) + data, self.end)
-            os.pwrite(self.fd, struct.pack(">Q", end), _END_AT)
+            self._set_end(end)
         self._write_or_cut(write, self.end)
         self.end = end
+
+    def _set_end(self, end: int) -> None:
+        os.pwrite(self.fd, _U64.pack(end), _END_AT)
 
     def _write_or_cut(self, write, end: int) -> None:
         """A failed write (ENOSPC) frees what it allocated; ``end`` still marks the
@@ -359,7 +362,7 @@ class Record:
         record killed while its header was written: nothing was changed yet."""
         raw = os.pread(fd, _HEAD.size, 0)
         if raw[:5] == MAGIC + bytes([VERSION]):
-            return len(raw) == _HEAD.size and _HEAD.unpack(raw)[6] != 0
+            return len(raw) == _HEAD.size and _U64.unpack_from(raw, _END_AT)[0] != 0
         return len(raw) >= _HEAD_V1.size and \
             os.fstat(fd).st_size >= _HEAD_V1.size + _HEAD_V1.unpack_from(raw)[-1]
 

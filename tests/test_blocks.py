@@ -71,3 +71,13 @@ def test_blocks_touched():
     assert list(lay.blocks_touched(4095, 2)) == [0, 1]
     assert list(lay.blocks_touched(4096, 4096)) == [1]
     assert list(lay.blocks_touched(1, 3 * 4096)) == [0, 1, 2, 3]
+
+
+def test_stored_blocks():
+    lay = Layout(4096)                  # stride 4124
+    assert list(lay.stored_blocks(24, 4124)) == [0]
+    assert list(lay.stored_blocks(24, 4125)) == [0, 1]
+    assert list(lay.stored_blocks(24 + 4124, 10)) == [1]
+    assert list(lay.stored_blocks(24 + 4123, 2)) == [0, 1]
+    assert list(lay.stored_blocks(24, 0)) == []
+    assert lay.stored_blocks(24, lay.ciphertext_size(3 * 4096 + 5) - 24).stop == 4
