@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import BadKeyFormat
+from .errors import BadKeyFormat, OutOfMemory
 
 MASTER_KEY_LEN = 32
 NONCE_LEN = 12
@@ -57,12 +57,21 @@ def parse_recovery_key(text: str) -> bytes:
 
 
 def argon2id(password: bytes, salt: bytes, memory_kib: int, time_cost: int, parallelism: int) -> bytes:
+    import argon2.exceptions
     import argon2.low_level            # imported when a password is used, not by every command
 
-    return argon2.low_level.hash_secret_raw(
-        password, salt, time_cost=time_cost, memory_cost=memory_kib,
-        parallelism=parallelism, hash_len=32, type=argon2.low_level.Type.ID,
-    )
+    try:
+        return argon2.low_level.hash_secret_raw(
+            password, salt, time_cost=time_cost, memory_cost=memory_kib,
+            parallelism=parallelism, hash_len=32, type=argon2.low_level.Type.ID,
+        )
+    except argon2.exceptions.HashingError as exc:
+        # valid costs fail only for want of resources (a vault's own setting may ask
+        # up to 16 GiB): memory, or the threads for its lanes, that the system or the
+        # process's limits refuse
+        raise OutOfMemory(f"the password's key derivation could not get its memory or threads "
+                          f"(Argon2id, {memory_kib // 1024} MiB, {parallelism} lanes: {exc}); free "
+                          "memory, or unlock with the 64-digit key") from None
 
 
 def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:

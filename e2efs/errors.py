@@ -102,6 +102,11 @@ class VerificationFailed(E2efsError):
     exit_code = 29
 
 
+class OutOfMemory(E2efsError):
+    """The password's key derivation could not get the memory (or threads) it is set to use."""
+    exit_code = 30
+
+
 EXIT_CODES = {
     "OK": 0,
     "GENERIC": E2efsError.exit_code,

@@ -2,15 +2,19 @@
 
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 from types import SimpleNamespace
 
 import pytest
 
-from e2efs.errors import (CorruptData, DestinationNotEmpty, IOFailure, NotFoundInVault, SecretInputError,
-                          VaultCorrupt, VaultNotFound, WeakPassword, WrongSecret)
+from e2efs.errors import (EXIT_CODES, CorruptData, DestinationNotEmpty, IOFailure, NotFoundInVault, OutOfMemory,
+                          SecretInputError, VaultCorrupt, VaultNotFound, WeakPassword, WrongSecret)
+from e2efs.vault import VAULT_BACKUP, VAULT_FILE
 from cli import FAST_KDF, PASSWORD, init_vault, run, tree_snapshot
 
 MIB = 1 << 20
@@ -126,6 +130,30 @@ def test_fsck_and_cat_detect_a_flipped_bit(tmp_path):
     export = run("export", vault, tmp_path / "out", "--password-file", pw, check=False)
     assert export.returncode == CorruptData.exit_code
     assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_kdf_without_memory_is_one_line(tmp_path):
+    """A vault file may ask Argon2id for up to 16 GiB (its MAC is checked only once
+    the KDF has run): a process that cannot get it says so in one line."""
+    vault, pw, _ = init_vault(tmp_path)
+    for name in (VAULT_FILE, VAULT_BACKUP):
+        doc = json.loads((vault / name).read_text())
+        doc["slots"][0]["memory_kib"] = 16 << 20
+        (vault / name).write_text(json.dumps(doc))
+    before = {p: p.read_bytes() for p in vault.iterdir()}
+    limit = 2 << 30
+    done = subprocess.run([sys.executable, "-m", "e2efs", "ls", str(vault), "--password-file", str(pw)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert done.returncode == OutOfMemory.exit_code, done.stderr
+    assert done.stderr.count("\n") == 1 and "16384 MiB" in done.stderr and "64-digit key" in done.stderr
+    assert {p: p.read_bytes() for p in vault.iterdir()} == before
+
+
+def test_every_exit_code_is_in_the_readme():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    table = dict((name, int(code)) for code, name in re.findall(r"^\| (\d+) \| (\w+) \|", readme, re.M))
+    assert table == EXIT_CODES
 
 
 def test_wrong_password_and_wrong_key(tmp_path):
