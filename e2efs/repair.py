@@ -245,6 +245,10 @@ def _repair_vault_file(tree: Tree, log: RepairLog) -> None:
             why = "fails authentication"
         except FileNotFoundError:
             why = "was missing"
+        except IsADirectoryError:
+            log.left.append((path, "a folder is where this copy belongs: left alone (move it away and "
+                                   "run 'e2efs fsck --repair' again)"))
+            continue
         except VaultTooNew:
             log.left.append((path, "written by a newer e2efs: left alone"))
             continue

@@ -366,6 +366,11 @@ class LockedVault:
             except FileNotFoundError:
                 damaged.append(f"{name} is missing")
                 continue
+            except IsADirectoryError:       # a copy lost to a sync client's mix-up, like a damaged one
+                errors.append(VaultCorrupt(f"{path} is a folder, not a vault file (move it away: "
+                                           "'e2efs fsck --repair' then rewrites the copy)"))
+                damaged.append(str(errors[-1]))
+                continue
             except OSError as exc:
                 raise IOFailure(f"cannot read {path}: {exc.strerror}") from None
             try:

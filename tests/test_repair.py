@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from e2efs.errors import CorruptData, UsageError, VaultMounted
+from e2efs.errors import CorruptData, UsageError, VaultCorrupt, VaultMounted
 from e2efs.names import parse_backing_name
 from e2efs.tree import TEMP_PREFIX, Tree
 from e2efs.vault import Vault
@@ -137,6 +137,31 @@ def test_repair_rebuilds_damaged_vault_file_copy(tmp_path):
     assert "rewrote" in out and "fails authentication" in out
     assert json.loads(open(main).read()) == json.loads(good)
     v.fsck()
+
+
+def test_a_folder_in_place_of_a_vault_file_copy(tmp_path):
+    """The other copy opens the vault; repair leaves the folder and its content alone
+    and rewrites the copy once the folder is moved away; two folders are a damaged vault."""
+    v = V(tmp_path)
+    main = v.vault / "e2efs.vault"
+    good = main.read_bytes()
+    main.unlink()
+    main.mkdir()
+    (main / "kept.txt").write_text("not ours")
+    assert run("ls", v.vault, "--password-file", v.pw).returncode == 0
+    out = v.fsck("--repair", code=CorruptData.exit_code).stdout
+    assert "is a folder" in out and "move it away" in out
+    assert (main / "kept.txt").read_text() == "not ours"
+    main.rename(tmp_path / "aside")
+    assert "rewrote" in v.fsck("--repair").stdout
+    assert json.loads(main.read_bytes()) == json.loads(good)
+    main.unlink()
+    main.mkdir()
+    backup = v.vault / "e2efs.vault.bak"
+    backup.unlink()
+    backup.mkdir()
+    done = run("ls", v.vault, "--password-file", v.pw, check=False)
+    assert done.returncode == VaultCorrupt.exit_code and "is a folder" in done.stderr, done.stderr
 
 
 def test_repair_leaves_placeholders_and_foreign_files_alone(tmp_path):
