@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -185,6 +186,45 @@ def test_weak_password_refused_unless_allowed(tmp_path):
     assert not (tmp_path / "v").exists()
     run("init", tmp_path / "v", *FAST_KDF, "--password-file", pw, "--allow-weak-password")
     assert run("ls", tmp_path / "v", "--password-file", pw).returncode == 0
+
+
+def test_an_empty_password_is_a_secret_input_error_at_unlock_too(tmp_path):
+    vault, _, _ = init_vault(tmp_path)
+    empty = tmp_path / "empty.pw"
+    empty.write_text("\n")
+    for source in (["--password-file", empty], ["--password-command", "true"]):
+        result = run("ls", vault, *source, check=False)
+        assert result.returncode == SecretInputError.exit_code and "is empty" in result.stderr, result.stderr
+    code, out = _typed_at_prompt(["ls", vault], b"\n")
+    assert code == SecretInputError.exit_code and b"no password entered" in out, out
+
+
+def _typed_at_prompt(args, typed: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    """Run ``e2efs ARGS`` on a terminal and type ``typed`` at its first prompt:
+    (exit code, all it wrote to the terminal)."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-m", "e2efs", *map(str, args)])
+    out, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.1)[0]:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:         # EIO: the program is gone and the terminal closed
+                break
+            out += chunk
+            if typed and b": " in out:
+                os.write(fd, typed)
+                typed = b""
+        else:
+            os.kill(pid, 9)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+    finally:
+        os.close(fd)
 
 
 def test_no_secret_and_no_terminal(tmp_path):

@@ -115,13 +115,16 @@ def unlock_with_secret(args, locked: LockedVault, allow_rekey: bool = False) -> 
             return locked.unlock_with_keyfile(data, allow_rekey=allow_rekey), "keyfile", data
         return locked.unlock_with_key(master, allow_rekey=allow_rekey), "key", None
     if args.password_file or args.password_command:
-        password = (_strip_newline(read_secret_file(args.password_file, "password")) if args.password_file
-                    else _run_command(args.password_command))
+        # empty is never a vault's password (init refuses it): the wrong file, not a wrong guess
+        password = (_nonempty(_strip_newline(read_secret_file(args.password_file, "password")), args.password_file)
+                    if args.password_file else _nonempty(_run_command(args.password_command), "the password command"))
         return locked.unlock_with_password(password, allow_rekey=allow_rekey), "password", password
     if not locked.has_password:
         master = parse_recovery_key(_prompt("64-digit key: "))
         return locked.unlock_with_key(master, allow_rekey=allow_rekey), "key", None
     typed = _prompt("Password (or 64-digit key): ")
+    if not typed:
+        raise SecretInputError("no password entered")
     try:
         return locked.unlock_with_password(typed.encode(), allow_rekey=allow_rekey), "password", typed.encode()
     except WrongSecret:
