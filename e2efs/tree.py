@@ -109,12 +109,14 @@ class Tree:
         tools) every use validates."""
         self._checked = set()
 
-    def entries(self, d: Dir) -> dict[bytes, Entry]:
+    def entries(self, d: Dir, mtime: int | None = None) -> dict[bytes, Entry]:
+        """``mtime``: the folder's, from a stat the caller has just made."""
         cached = self._listings.get(d.path)
         checked = self._checked
         if cached is not None and checked is not None and d.path in checked:
             return cached.entries
-        mtime = os.stat(d.path).st_mtime_ns
+        if mtime is None:
+            mtime = os.stat(d.path).st_mtime_ns
         if (cached is None or cached.mtime != mtime
                 or d.path in self._unsure and time.time_ns() - mtime >= MTIME_GRAIN_NS):
             cached = self._listings[d.path] = self._rescan(d, mtime, cached)

@@ -101,20 +101,23 @@ class InodeTable:
 
     # -- finding and naming nodes ----------------------------------------------
 
-    def child(self, parent: int, name: bytes) -> Node | None:
+    def child(self, parent: int, name: bytes, folder: os.stat_result | None = None) -> Node | None:
         """The node called ``name`` in ``parent`` (lookup count unchanged)."""
-        return self.child_and_stat(parent, name)[0]
+        return self.child_and_stat(parent, name, folder=folder)[0]
 
-    def child_and_stat(self, parent: int, name: bytes, listing: dict[bytes, Entry] | None = None
-                       ) -> tuple[Node | None, os.stat_result | None]:
+    def child_and_stat(self, parent: int, name: bytes, listing: dict[bytes, Entry] | None = None,
+                       folder: os.stat_result | None = None) -> tuple[Node | None, os.stat_result | None]:
         """``child``, plus the backing lstat made to place a node not known yet,
         so its attributes cost no second one.  ``listing``: ``parent``'s entries
-        when the caller has just validated them (readdir, once per batch)."""
+        when the caller has just validated them (readdir, once per batch);
+        ``folder``: its backing stat, just made (the permission check's)."""
         ino = self._children.get((parent, name))
         if ino is not None:
             return self.nodes[ino], None
         d = self.dir(parent)
-        entry = (self.tree.entries(d) if listing is None else listing).get(name)
+        if listing is None:
+            listing = self.tree.entries(d, folder.st_mtime_ns if folder is not None else None)
+        entry = listing.get(name)
         if entry is None:
             return None, None
         st = os.lstat(self.tree.path(d, entry))

@@ -180,27 +180,37 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.child(parent, name)
         return node if node is not None else _fail(errno.ENOENT)
 
-    def _absent(self, parent: int, name: bytes) -> None:
+    def _absent(self, parent: int, name: bytes, folder: os.stat_result | None = None) -> None:
         check_name(name)
-        if self.inodes.child(parent, name) is not None:
+        if self.inodes.child(parent, name, folder) is not None:
             raise FUSEError(errno.EEXIST)
 
     def _stat(self, node: Node) -> os.stat_result:
         of = self.files.files.get(node.ino)
         return os.fstat(of.fd) if of else os.lstat(self.inodes.path(node))
 
-    def _require(self, node: Node, want: int, caller: Caller) -> os.stat_result | None:
-        """The node's stat when checked (None when the kernel checks)."""
+    def _require(self, node: Node, want: int, caller: Caller,
+                 st: os.stat_result | None = None) -> os.stat_result | None:
+        """The node's stat when checked (None when the kernel checks); ``st``: one
+        just made."""
         if not self.check_permissions:
             return None
-        st = self._stat(node)
+        st = st or self._stat(node)
         if not permissions.may(st, want, caller):
             raise FUSEError(errno.EACCES)
         return st
 
-    def _may_add(self, parent: int, caller: Caller) -> None:
+    def _may_add(self, parent: int, caller: Caller, folder: os.stat_result | None = None) -> None:
         """A name may be added to the folder (or it may lose one that is not sticky)."""
-        self._require(self.inodes.get(parent), WRITE | EXEC, caller)
+        self._require(self.inodes.get(parent), WRITE | EXEC, caller, folder)
+
+    def _may_create(self, parent: int, name: bytes, ctx) -> None:
+        """``name`` is free in the folder and the caller may add it: EEXIST before
+        EACCES, as Linux answers.  One backing stat of the folder serves the
+        check and the validation of its listing."""
+        folder = self._stat(self.inodes.get(parent)) if self.check_permissions else None
+        self._absent(parent, name, folder)
+        self._may_add(parent, Caller(ctx), folder)
 
     def _may_remove(self, parent: int, node: Node, caller: Caller) -> None:
         folder = self._require(self.inodes.get(parent), WRITE | EXEC, caller)
@@ -288,7 +298,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.ENAMETOOLONG)
         caller = Caller(ctx)
         folder = self._require(self.inodes.get(parent_inode), EXEC, caller)
-        node, st = self.inodes.child_and_stat(parent_inode, name)
+        node, st = self.inodes.child_and_stat(parent_inode, name, folder=folder)
         if folder is not None and not permissions.by_mode(folder, EXEC, caller):
             # let in only by a privilege (a capability, a supplementary group) another
             # of the mounter's processes may lack: the kernel must not cache the answer
@@ -453,8 +463,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
-        self._absent(parent_inode, name)
-        self._may_add(parent_inode, Caller(ctx))
+        self._may_create(parent_inode, name, ctx)
         entry = self.tree.mkdir(self.inodes.dir(parent_inode), name, stat.S_IMODE(mode))
         return self._new_entry(parent_inode, name, entry, ctx)
 
@@ -499,16 +508,14 @@ class Operations(pyfuse3.Operations):
     @_guarded
     def symlink(self, parent_inode, name, target, ctx):
         self._writable()
-        self._absent(parent_inode, name)
-        self._may_add(parent_inode, Caller(ctx))
+        self._may_create(parent_inode, name, ctx)
         entry = self.tree.symlink(self.inodes.dir(parent_inode), name, target)
         return self._new_entry(parent_inode, name, entry, ctx)
 
     @_guarded
     def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
-        self._absent(parent_inode, name)
-        self._may_add(parent_inode, Caller(ctx))
+        self._may_create(parent_inode, name, ctx)
         d = self.inodes.dir(parent_inode)
         if stat.S_ISREG(mode):
             entry = self.tree.write_file(d, name, [], mode=stat.S_IMODE(mode))
@@ -593,8 +600,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
-        self._absent(parent_inode, name)
-        self._may_add(parent_inode, Caller(ctx))
+        self._may_create(parent_inode, name, ctx)
         node = self.inodes.new(Kind.FILE)
         owner = (ctx.uid, ctx.gid) if self._owner else None
         try:
