@@ -162,8 +162,10 @@ class ContentFile:
         self._flushed_size = size
         self._disk_blocks = self.layout.block_count(size)
         self._disk_final: int | None = self._disk_blocks - 1
-        self._dirty: dict[int, bytearray] = {}
-        self._clean: OrderedDict[int, bytes] = OrderedDict()
+        # blocks held in memory, never changed in place: a change makes a new
+        # object, so one can move from dirty to clean without a copy
+        self._dirty: dict[int, bytes | bytearray] = {}
+        self._clean: OrderedDict[int, bytes | bytearray] = OrderedDict()
         self._raw: dict[int, bytes] = {}     # ciphertext of blocks read since last written, for the undo record
         self.undo: UndoLog | None = None     # set by whoever writes the file in place
         self._disk_end = self.layout.ciphertext_size(size)     # where the ciphertext on disk ends
@@ -362,12 +364,15 @@ class ContentFile:
         for i in self.layout.blocks_touched(offset, len(view)):
             self._keep_pending(i, self._block_with(i, offset, view))
 
-    def _block_with(self, i: int, offset: int, view: memoryview) -> bytearray:
-        """Block ``i`` once the request's bytes (``view`` at ``offset``) are in it."""
+    def _block_with(self, i: int, offset: int, view: memoryview) -> bytes | bytearray:
+        """Block ``i`` once the request's bytes (``view`` at ``offset``) are in it:
+        a new object, or the request's own bytes when they are the whole block."""
         start = i * self.layout.block_size
         lo, hi = max(offset, start), min(offset + len(view), start + self.layout.block_size)
         if lo == start and hi == start + self.layout.block_len(i, self._size):
-            return bytearray(view[lo - offset:hi - offset])
+            if lo == offset and hi - lo == len(view) == len(view.obj) and isinstance(view.obj, bytes):
+                return view.obj
+            return bytes(view[lo - offset:hi - offset])
         block = bytearray(self._current(i))
         block[lo - start:hi - start] = view[lo - offset:hi - offset]
         return block
@@ -468,7 +473,7 @@ class ContentFile:
             if last in self._dirty or self._disk_final != last or self._flushed_size != self._size:
                 tail = self._current(last)
                 self._put(last, tail, final=True)    # else it is on disk already
-                self._remember(last, bytes(tail))
+                self._remember(last, tail)
             self._dirty.pop(last, None)
             expected = self.layout.ciphertext_size(self._size)
             if self._disk_end > expected:      # else the final block's pwrite ended the file
@@ -572,4 +577,4 @@ class ContentFile:
         plain = self._current(index)
         self._put(index, plain, final=False)
         self._mark_sealed(index)
-        self._remember(index, bytes(plain))
+        self._remember(index, plain)
