@@ -5,6 +5,7 @@ test fails: fusermount3 -u, then -u -z, then terminate, then kill.
 """
 
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -54,18 +55,28 @@ class Mount:
         return done
 
     def mount(self, *extra) -> None:
-        """Mount in the foreground (so the test owns the daemon process)."""
+        """Mount in the foreground (so the test owns the daemon process); return once
+        this daemon says it has mounted.  A live-looking mount point is no such sign:
+        until the new daemon has cleaned a stale mount there, the mount table lists the
+        dead mount, and one cleaned between is_mounted's read of the table and its
+        listing of the folder leaves the empty folder, which lists fine ("live")."""
         self.proc = subprocess.Popen(
             [*self.daemon_prefix, sys.executable, "-m", "e2efs", "mount", self.vault, self.path, "--foreground",
              "--password-file", self.password_file, "--log", self.log, *extra],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + MOUNT_TIMEOUT
-        while is_mounted(self.path) != "live":         # not a dead mount still in the way
+        ready = select.poll()
+        ready.register(self.proc.stdout, select.POLLIN)
+        while True:     # ready() prints "mounted VAULT at MOUNTPOINT" once pyfuse3.init has mounted
+            if ready.poll(20):
+                line = self.proc.stdout.readline()
+                if line.startswith(b"mounted "):
+                    break
             if self.proc.poll() is not None:
                 raise AssertionError(f"mount exited with {self.proc.returncode}: {self.proc.stderr.read().decode()}")
             if time.monotonic() > deadline:
                 raise AssertionError("mount did not come up")
-            time.sleep(0.02)
+        assert is_mounted(self.path) == "live"      # waits for the daemon's answer to INIT
 
     def unmount(self) -> None:
         """Clean unmount: everything flushed when this returns."""

@@ -115,7 +115,13 @@ def _kill_daemon(m, stale: bool = False) -> None:
     deadline = time.monotonic() + 5
     while is_mounted(m.path) == ("live" if stale else "stale") and time.monotonic() < deadline:
         time.sleep(0.005)       # the connection abort, or the helper's unmount, takes a moment
-    assert is_mounted(m.path) == ("stale" if stale else None)
+    state = is_mounted(m.path)
+    if not stale and state == "stale":
+        # The helper unmounts only if its open() of the mount point fails with ENOTCONN
+        # (fusermount3 3.14); one still in flight when the kernel aborts the connection
+        # fails with ECONNABORTED and the dead mount stays: the next mount cleans it.
+        return
+    assert state == ("stale" if stale else None)
 
 
 def prepare(m) -> None:

@@ -13,7 +13,13 @@ def is_mounted(path: str) -> str | None:
     path); opening the directory says whether the daemon still answers: a
     stat() alone can be answered from the kernel's attribute cache for a
     moment after the daemon died."""
-    return None if fstype(path) is None else daemon_state(path)
+    if fstype(path) is None:
+        return None
+    state = daemon_state(path)
+    # The table and the folder are read one after the other: a mount removed in
+    # between (a stale one cleaned, by e2efs mount or its auto_unmount helper)
+    # leaves the bare folder, which lists fine; the table says so by now.
+    return state if fstype(path) is not None else None
 
 
 def daemon_state(path: str) -> str:
@@ -24,7 +30,7 @@ def daemon_state(path: str) -> str:
         with os.scandir(path) as entries:
             next(entries, None)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):     # the latter: in flight at the abort
             return "stale"
     return "live"
 
