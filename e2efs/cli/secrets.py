@@ -82,12 +82,18 @@ def add_new_password_options(parser) -> None:
     group.add_argument("--new-password-command", metavar="CMD", help="read the new password from CMD's output")
 
 
-def read_new_password(file: str | None, command: str | None) -> bytes:
-    """A new password: from a file or a command, or typed twice."""
+def _password_from(file: str | None, command: str | None) -> bytes:
+    """The password in ``file`` or printed by ``command``; empty is never one
+    (init refuses it): the wrong file or a broken command, not a wrong guess."""
     if file:
         return _nonempty(_strip_newline(read_secret_file(file, "password")), file)
-    if command:
-        return _nonempty(_run_command(command), "the password command")
+    return _nonempty(_run_command(command), "the password command")
+
+
+def read_new_password(file: str | None, command: str | None) -> bytes:
+    """A new password: from a file or a command, or typed twice."""
+    if file or command:
+        return _password_from(file, command)
     first = _prompt("New password: ").encode()
     if not first:
         raise SecretInputError("no password entered")
@@ -115,9 +121,7 @@ def unlock_with_secret(args, locked: LockedVault, allow_rekey: bool = False) -> 
             return locked.unlock_with_keyfile(data, allow_rekey=allow_rekey), "keyfile", data
         return locked.unlock_with_key(master, allow_rekey=allow_rekey), "key", None
     if args.password_file or args.password_command:
-        # empty is never a vault's password (init refuses it): the wrong file, not a wrong guess
-        password = (_nonempty(_strip_newline(read_secret_file(args.password_file, "password")), args.password_file)
-                    if args.password_file else _nonempty(_run_command(args.password_command), "the password command"))
+        password = _password_from(args.password_file, args.password_command)
         return locked.unlock_with_password(password, allow_rekey=allow_rekey), "password", password
     if not locked.has_password:
         master = parse_recovery_key(_prompt("64-digit key: "))
