@@ -14,7 +14,9 @@ each file, SQLite's journal dance) the next one is looked for without
 sleeping for ``SPIN_NS`` first: a program waiting for our reply sends its
 next request within microseconds, and a sleeping daemon costs a wake-up on
 the other CPU for each of them (untar 2000 files: 2.0 -> 1.2 s, daemon CPU
-unchanged).  A gap longer than ``2 * SPIN_NS``, or a quiet spell, stops the
+unchanged).  100 µs, not less: tar copying a file's data into the page cache
+between CREATE and its next request takes 50-100 µs, and a daemon asleep by
+then turns that gap into 100-1000 µs (untar 1.25 -> 1.10 s).  A gap longer than ``2 * SPIN_NS``, or a quiet spell, stops the
 spinning until requests come quickly again: requests that come one at a
 time cost no spinning, a burst followed by a pause costs one ``SPIN_NS``,
 and the most it can waste is ``SPIN_NS`` per request while gaps stay in
@@ -49,7 +51,7 @@ import trio
 log = logging.getLogger("e2efs")
 
 QUIET_MS = 20
-SPIN_NS = 50_000
+SPIN_NS = 100_000
 YIELD_EVERY = 64
 FUSE_DEVICE = "/dev/fuse"
 
