@@ -39,13 +39,29 @@ class Mount:
         self.password_file = str(tmp_path / "password")
         self.log = str(tmp_path / "e2efs.log")
         self.env = dict(os.environ, E2EFS_RUNTIME_DIR=runtime_dir)
-        self.proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | None = None
         self.daemon_prefix: list[str] = []       # e.g. setpriv, to run the daemon with less privilege
         os.mkdir(self.vault)
         os.mkdir(self.path)
         with open(self.password_file, "wb") as f:
             f.write(PASSWORD + b"\n")
         Vault.create(self.vault, os.urandom(32), PASSWORD, block_size=4096, kdf=KdfParams(8 * 1024, 1, 1))
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The daemon of the current mount, if this test still owns one."""
+        return self._proc
+
+    @proc.setter
+    def proc(self, proc: subprocess.Popen | None) -> None:
+        """Letting go of a daemon (unmounted, killed, or exited) closes our ends of
+        its output pipes, wherever a test does it."""
+        old = self._proc
+        if old is not None and old is not proc:
+            for pipe in (old.stdout, old.stderr):
+                if pipe is not None:
+                    pipe.close()
+        self._proc = proc
 
     def cli(self, *args, check=True, **kw) -> subprocess.CompletedProcess:
         done = subprocess.run([sys.executable, "-m", "e2efs", *args], env=self.env, text=True,
@@ -78,11 +94,15 @@ class Mount:
                 raise AssertionError("mount did not come up")
         assert is_mounted(self.path) == "live"      # waits for the daemon's answer to INIT
 
-    def unmount(self) -> None:
-        """Clean unmount: everything flushed when this returns."""
+    def unmount(self) -> str:
+        """Clean unmount: everything flushed when this returns; returns what the
+        daemon wrote to stderr (its pipe is closed once the daemon is let go)."""
         subprocess.run(["fusermount3", "-u", self.path], check=True)
-        assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read().decode()
+        code = self.proc.wait(timeout=60)
+        errors = self.proc.stderr.read().decode()
+        assert code == 0, errors
         self.proc = None
+        return errors
 
     def remount(self, *extra) -> None:
         self.unmount()
@@ -99,6 +119,7 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
 
     def p(self, *parts) -> str:
         return os.path.join(self.path, *parts)
