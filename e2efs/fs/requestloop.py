@@ -16,11 +16,12 @@ next request within microseconds, and a sleeping daemon costs a wake-up on
 the other CPU for each of them (untar 2000 files: 2.0 -> 1.2 s, daemon CPU
 unchanged).  100 µs, not less: tar copying a file's data into the page cache
 between CREATE and its next request takes 50-100 µs, and a daemon asleep by
-then turns that gap into 100-1000 µs (untar 1.25 -> 1.10 s).  A gap longer than ``2 * SPIN_NS``, or a quiet spell, stops the
-spinning until requests come quickly again: requests that come one at a
-time cost no spinning, a burst followed by a pause costs one ``SPIN_NS``,
-and the most it can waste is ``SPIN_NS`` per request while gaps stay in
-the narrow band between one and two ``SPIN_NS``.  The spin yields the CPU
+then turns that gap into 100-1000 µs (untar 1.25 -> 1.10 s).  A gap longer
+than ``2 * SPIN_NS``, or a quiet spell, stops the spinning until requests
+come quickly again: requests that come one at a time cost no spinning, a
+burst followed by a pause costs one ``SPIN_NS``, and the most it can waste
+is ``SPIN_NS`` per request while gaps stay in the narrow band between one
+and two ``SPIN_NS``.  The spin yields the CPU
 between polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and the
 kernel's writeback need the CPU to produce the next request).
 
