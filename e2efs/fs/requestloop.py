@@ -21,9 +21,9 @@ than ``2 * SPIN_NS``, or a quiet spell, stops the spinning until requests
 come quickly again: requests that come one at a time cost no spinning, a
 burst followed by a pause costs one ``SPIN_NS``, and the most it can waste
 is ``SPIN_NS`` per request while gaps stay in the narrow band between one
-and two ``SPIN_NS``.  The spin yields the CPU
-between polls: with two CPUs, a plain spin cost sequential writes ~6 % (dd and the
-kernel's writeback need the CPU to produce the next request).
+and two ``SPIN_NS``.  The spin yields the CPU between polls: with two CPUs,
+a plain spin cost sequential writes ~6 % (dd and the kernel's writeback
+need the CPU to produce the next request).
 
 ``after_init`` runs once the INIT exchange is over, before the next request
 is read (the read-ahead: the kernel caps it at INIT, and a file keeps what
